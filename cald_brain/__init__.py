@@ -1,0 +1,3 @@
+"""cald_brain: linear-time students from pretrained transformers, trained with CALD."""
+
+__version__ = "0.1.0"

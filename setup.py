@@ -1,0 +1,32 @@
+"""Install cald_brain: Cross-Architecture Layerwise Distillation recipes on top of SpeechBrain."""
+from setuptools import find_packages, setup
+
+setup(
+    name="cald_brain",
+    version="0.1.0",
+    description=(
+        "Turn pretrained transformers (Wav2Vec2, RoBERTa, Pythia) into linear-complexity models "
+        "and fine-tune them with cross-architecture layerwise distillation (CALD)."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["cald_brain", "cald_brain.*"]),
+    install_requires=[
+        "speechbrain>=1.1,<1.2",
+        "torch>=2.6",
+        "torchaudio>=2.6",
+        "transformers>=4.45",
+        "hyperpyyaml>=1.2",
+        "sentencepiece",
+        "jiwer",
+        "soundfile",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        # CUDA kernels; never needed on CPU. See README "GPU kernels" for the offline-build recipe.
+        "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        "dev": ["pytest", "ruff", "matplotlib"],
+    },
+)
