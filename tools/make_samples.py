@@ -167,8 +167,258 @@ def english_sentences(n: int, seed: int, skip: int = 0) -> list[str]:
     return sentences
 
 
-# Subcommand name -> builder(out_dir). slurp / voxceleb1 builders are added here later.
+# Subcommand name -> builder(out_dir); each corpus section below registers its own (slurp, voxceleb1 later).
 BUILDERS: dict[str, Callable[[Path], None]] = {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# TED-LIUM release 3
+# ----------------------------------------------------------------------------------------------------------
+
+SAMPLE_RATE = 16000
+FRAME = SAMPLE_RATE // 100  # STM times have two decimals, so every boundary sits on this 10 ms grid
+TEDLIUM_SEED = 51  # openslr id of TED-LIUM 3
+TEDLIUM_SENTENCE_RANGE = (0, 300)  # english_sentences positions reserved for this sample
+TEDLIUM_MAX_WORDS = 10  # short sentences keep the tiny sample learnable
+SPLITS = ("train", "dev", "test")
+README_MARKER = "Synthetic miniature of TED-LIUM release 3"
+
+
+@dataclass(frozen=True)
+class TalkSpec:
+    """One synthetic talk: its speaker, its split in each repartition and how many sentences it holds."""
+
+    name: str
+    voice: Voice
+    legacy: str
+    adaptation: str
+    sentences: int
+
+
+def _talk(voice_index: int, year: str, legacy: str, adaptation: str, sentences: int) -> TalkSpec:
+    voice = SPEAKER_VOICES[voice_index]
+    return TalkSpec(f"Synth{voice.name}_{year}", voice, legacy, adaptation, sentences)
+
+
+# Both repartitions draw on the same talks (as in the real release, where every talk is also in data/), but
+# assign them differently: the speaker-adaptation dev/test speakers are unseen in its train split.
+TEDLIUM_TALKS: tuple[TalkSpec, ...] = (
+    _talk(0, "2010X", "train", "train", 4),
+    _talk(1, "2011", "train", "train", 4),
+    _talk(2, "2012X", "train", "train", 4),
+    _talk(3, "2013", "train", "dev", 4),
+    _talk(4, "2014X", "train", "test", 4),
+    _talk(5, "2009", "dev", "train", 2),
+    _talk(6, "2010", "dev", "dev", 2),
+    _talk(7, "2011X", "test", "train", 2),
+    _talk(8, "2012", "test", "test", 2),
+)
+
+
+@dataclass
+class _Segment:
+    """A transcribed stretch of a talk: what is spoken and how the STM writes it."""
+
+    spoken: str
+    transcript: str
+    noise_before: bool = False
+    silence_after: bool = False
+    speed: int | None = None
+
+
+def _split_contractions(words: list[str]) -> list[str]:
+    """TED-LIUM tokenisation: "it's" -> "it 's", "don't" -> "don 't"."""
+    out = []
+    for word in words:
+        cut = word.find("'")
+        out.extend([word[:cut], word[cut:]] if cut > 0 else [word])
+    return out
+
+
+def _tedlium_segments(talk_index: int, sentences: list[str], fragment: str) -> list[_Segment]:
+    """Turn a talk's sentences into segments carrying the real transcripts' quirks, by a fixed plan.
+
+    Every quirk of the real STM files appears somewhere in the sample: split contractions, ``{NOISE}`` (with
+    a noise burst in the audio), ``(2)`` pronunciation variants, ``<sil>`` (with a pause), ``<unk>`` (the
+    word is spoken but not transcribed) and segments too short to train on (one word, or two words < 1 s).
+    """
+    segments = []
+    for u, sentence in enumerate(sentences):
+        words = sentence.split()
+        k = talk_index + u
+        if k % 3 == 0:
+            for i, word in enumerate(words):
+                if word in ("the", "a", "to", "of"):
+                    words[i] = f"{word}(2)"
+                    break
+        if u == 1 and talk_index % 4 == 0:
+            longest = max(range(len(words)), key=lambda i: len(words[i]))
+            words[longest] = "<unk>"
+        words = _split_contractions(words)
+        segment = _Segment(sentence, "", noise_before=k % 4 == 1, silence_after=k % 5 == 2)
+        words = (["{NOISE}"] if segment.noise_before else []) + words
+        segment.transcript = " ".join(words + (["<sil>"] if segment.silence_after else []))
+        segments.append(segment)
+    if talk_index % 2 == 0:
+        word = fragment.split()[0]
+        segments.insert(1, _Segment(word, word))
+    elif talk_index % 4 == 1:
+        words = " ".join(fragment.split()[:2])
+        segments.insert(1, _Segment(words, words, speed=260))
+    return segments
+
+
+def _trim(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
+    """Cut espeak's leading and trailing silence."""
+    loud = np.flatnonzero(np.abs(audio) > threshold * np.abs(audio).max())
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def _render_talk(spec: TalkSpec, segments: list[_Segment], seed: int) -> tuple[np.ndarray, list[str]]:
+    """Synthesize a talk and its STM lines. Times are counted in 10 ms frames so the STM is exact."""
+    rng = np.random.default_rng(seed)
+    gain = rng.uniform(0.35, 0.55)
+    pieces: list[np.ndarray] = []
+    lines: list[str] = []
+    label = f"<o,f0,{spec.voice.gender}>"
+
+    def gap_line(start: int, end: int) -> str:
+        return f"{spec.name} 1 inter_segment_gap {start / 100:.2f} {end / 100:.2f} <o,,unknown> " + (
+            "ignore_time_segment_in_scoring"
+        )
+
+    def add(audio: np.ndarray) -> int:
+        """Append audio padded to whole frames; return its length in frames."""
+        frames = -(-len(audio) // FRAME)
+        pieces.append(np.pad(audio, (0, frames * FRAME - len(audio))))
+        return frames
+
+    def noise(frames: int, level: float) -> np.ndarray:
+        envelope = np.hanning(frames * FRAME)
+        return (level * envelope * rng.standard_normal(frames * FRAME)).astype(np.float32)
+
+    cursor = add(noise(int(rng.integers(50, 70)), 0.05))  # applause before the talk starts
+    lines.append(gap_line(0, cursor))
+    for segment in segments:
+        cursor += add(np.zeros(int(rng.integers(25, 45)) * FRAME, np.float32))
+        start = cursor
+        if segment.noise_before:
+            cursor += add(noise(20, 0.08)) + add(np.zeros(5 * FRAME, np.float32))
+        speech = _trim(
+            synthesize(
+                segment.spoken,
+                spec.voice.voice,
+                segment.speed or spec.voice.speed,
+                spec.voice.pitch,
+                SAMPLE_RATE,
+            )
+        )
+        cursor += add(gain * speech / np.abs(speech).max())
+        cursor += add(np.zeros((35 if segment.silence_after else 5) * FRAME, np.float32))
+        lines.append(
+            f"{spec.name} 1 {spec.name} {start / 100:.2f} {cursor / 100:.2f} {label} {segment.transcript}"
+        )
+    end = cursor + add(noise(40, 0.03))
+    lines.append(gap_line(cursor, end))
+    audio = np.concatenate(pieces)
+    audio += 0.002 * rng.standard_normal(len(audio)).astype(np.float32)  # room noise floor
+    return np.clip(audio, -1.0, 1.0), lines
+
+
+def _tedlium_sentences() -> list[list[str]]:
+    """Sentences of each talk, dealt round-robin so the rarer contraction sentences spread over talks."""
+    first, stop = TEDLIUM_SENTENCE_RANGE
+    pool = [
+        s
+        for s in english_sentences(stop - first, seed=TEDLIUM_SEED, skip=first)
+        if len(s.split()) <= TEDLIUM_MAX_WORDS
+    ]
+    pool.sort(key=lambda s: "'" not in s)  # stable: contractions first, otherwise seeded order
+    per_talk: list[list[str]] = [[] for _ in TEDLIUM_TALKS]
+    while any(len(got) < spec.sentences for got, spec in zip(per_talk, TEDLIUM_TALKS, strict=True)):
+        for got, spec in zip(per_talk, TEDLIUM_TALKS, strict=True):
+            if len(got) < spec.sentences:
+                got.append(pool.pop(0))
+    return per_talk + [pool[: len(TEDLIUM_TALKS)]]  # last list: fragments for too-short segments
+
+
+def _tedlium_readme(stats: dict[str, str]) -> str:
+    talks = "\n".join(
+        f"  {t.name:22s} voice {t.voice.voice:20s} legacy/{t.legacy:5s} speaker-adaptation/{t.adaptation}"
+        for t in TEDLIUM_TALKS
+    )
+    first, last = TEDLIUM_SENTENCE_RANGE[0], TEDLIUM_SENTENCE_RANGE[1] - 1
+    summary = "\n".join(f"  {key}: {value}" for key, value in stats.items())
+    return f"""{README_MARKER}, generated by tools/make_samples.py (do not edit by hand).
+
+Layout as in the real release (openslr 51): data/{{sph,stm}} holds every talk once;
+legacy/{{train,dev,test}} and speaker-adaptation/{{train,dev,test}} hold the talks of each repartition.
+To keep the repository small, the split folders contain relative symlinks into data/ instead of copies.
+There is no LM/ folder and no pronunciation dictionary.
+
+Audio: espeak-ng speech (one voice per talk = one speaker), NIST SPHERE, 16 kHz, 16-bit PCM, mono.
+Text: the sentences of english_sentences() positions {first}..{last} with at most {TEDLIUM_MAX_WORDS} words
+(from the Python standard library documentation, PSF license).
+STM lines follow the real format `talk 1 speaker start end <o,f0,gender> words`, with the real quirks:
+split contractions ("didn 't"), {{NOISE}} (with a noise burst), word(2) variants, <sil>, <unk> (spoken word
+not transcribed), inter_segment_gap ... ignore_time_segment_in_scoring lines (applause, end noise) and
+segments too short to train on.
+
+Talks:
+{talks}
+
+Sizes (speech segments include the too-short ones that prepare scripts drop):
+{summary}
+"""
+
+
+def _symlink(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(Path("..", "..", "..", *target.parts[-3:]))
+
+
+def _prepare_out_dir(out: Path) -> None:
+    """Empty ``out`` for a rebuild, refusing to delete anything that is not a sample made here."""
+    if out.exists() and any(out.iterdir()):
+        readme = out / "README"
+        if not readme.is_file() or not readme.read_text().startswith(README_MARKER):
+            raise FileExistsError(
+                f"{out} exists and is not a sample made by this tool; remove it or pick --out"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def build_tedlium(out: Path) -> None:
+    """Write the mini TED-LIUM 3 release into ``out`` (typically tests/samples/TEDLIUM_release-3)."""
+    _prepare_out_dir(out)
+    *talk_sentences, fragments = _tedlium_sentences()
+    totals: dict[str, list[float]] = {}  # "<repartition>/<split>" -> [talks, seconds, speech segments]
+    for index, spec in enumerate(TEDLIUM_TALKS):
+        segments = _tedlium_segments(index, talk_sentences[index], fragments[index])
+        audio, lines = _render_talk(spec, segments, seed=TEDLIUM_SEED * 1000 + index)
+        sph, stm = out / "data" / "sph" / f"{spec.name}.sph", out / "data" / "stm" / f"{spec.name}.stm"
+        sph.parent.mkdir(parents=True, exist_ok=True)
+        stm.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(sph, audio, SAMPLE_RATE, format="NIST", subtype="PCM_16")
+        stm.write_text("\n".join(lines) + "\n")
+        for key in ("data", f"legacy/{spec.legacy}", f"speaker-adaptation/{spec.adaptation}"):
+            if key != "data":
+                for path in (sph, stm):
+                    _symlink(path, out / key / path.parent.name / path.name)
+            total = totals.setdefault(key, [0, 0.0, 0])
+            total[0] += 1
+            total[1] += len(audio) / SAMPLE_RATE
+            total[2] += len(segments)
+    stats = {
+        key: f"{talks} talks, {seconds:.1f} s of audio, {segments} speech segments"
+        for key, (talks, seconds, segments) in sorted(totals.items())
+    }
+    (out / "README").write_text(_tedlium_readme(stats))
+    print((out / "README").read_text())
+
+
+BUILDERS["tedlium"] = build_tedlium
 
 
 def main() -> None:
