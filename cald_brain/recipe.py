@@ -40,10 +40,13 @@ def load_hparams(hparams_file: str, overrides: str | dict | None = None) -> dict
             return load_hyperpyyaml(fin, overrides)
         except KeyError as err:  # unknown --key=value override
             raise RecipeError(
-                f"{hparams_file}: {err.args[0]}. Command-line overrides must name a top-level key of this file."
+                f"{hparams_file}: {err.args[0]}. "
+                "Command-line overrides must name a top-level key of this file."
             ) from err
         except (ValueError, TypeError) as err:
-            hint = " Pass it on the command line, e.g. --data_folder=/path." if "PLACEHOLDER" in str(err) else ""
+            hint = ""
+            if "PLACEHOLDER" in str(err):
+                hint = " Pass it on the command line, e.g. --data_folder=/path."
             raise RecipeError(f"{hparams_file}: {err}.{hint}") from err
 
 
