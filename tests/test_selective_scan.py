@@ -39,7 +39,8 @@ def outputs_and_grads(fn, inputs, **kwargs):
 
 def reference_fp64(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The naive reference in fp64 on the same inputs (softplus on)."""
-    return selective_scan_ref(**{name: x.detach().double() for name, x in inputs.items()}, delta_softplus=True)
+    detached = {name: x.detach().double() for name, x in inputs.items()}
+    return selective_scan_ref(**detached, delta_softplus=True)
 
 
 @pytest.mark.parametrize("length", [1, 7, 16, 37, 50])
