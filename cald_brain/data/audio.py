@@ -1,0 +1,121 @@
+"""Audio reading shared by the speech recipes.
+
+Manifests point into long recordings by time (``wav, start, stop`` in seconds, e.g. one TED talk per SPH
+file), so recipes read exact segments straight from the original files instead of cutting copies. Every
+failure names the file and says what to fix: a bad file deep inside an epoch is otherwise hard to find.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+
+class AudioFileError(RuntimeError):
+    """An audio file is missing, unreadable, or does not match what the recipe expects."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the header of an audio file says."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read an audio file's header; a missing or unreadable file raises an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Audio file {path} does not exist. Check data_folder (the manifest's $data_root) and that the "
+            "corpus is fully extracted."
+        )
+    try:
+        info = sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise AudioFileError(
+            f"Cannot read audio file {path} ({err}). It is corrupt, truncated or not a format soundfile "
+            "reads (wav/flac/sph/...): re-extract or re-download it."
+        ) from err
+    return AudioInfo(info.samplerate, info.channels, info.frames)
+
+
+def read_segment(
+    path: str | Path, start: float | None = None, stop: float | None = None, sample_rate: int = 16000
+) -> torch.Tensor:
+    """Read ``[start, stop)`` seconds of a mono file (the whole file by default) as a float32 1-D tensor.
+
+    Only the requested frames are decoded. The file must already be at ``sample_rate`` Hz: resampling on the
+    fly would hide a corpus that was prepared with the wrong rate.
+    """
+    path = Path(path)
+    info = audio_info(path)
+    if info.sample_rate != sample_rate:
+        raise AudioFileError(
+            f"{path} is sampled at {info.sample_rate} Hz but {sample_rate} Hz is expected: resample the "
+            f"corpus (e.g. `sox in out rate {sample_rate}`) or set the recipe's sample_rate."
+        )
+    if info.channels != 1:
+        raise AudioFileError(
+            f"{path} has {info.channels} channels; recipes expect mono audio, downmix it first."
+        )
+    first = 0 if start is None else round(start * sample_rate)
+    last = info.frames if stop is None else round(stop * sample_rate)
+    if not 0 <= first < last <= info.frames:
+        raise AudioFileError(
+            f"Segment [{start}, {stop}] s is outside {path}, which lasts {info.duration:.3f} s: "
+            "the manifest does not match this file; re-run the data preparation."
+        )
+    try:
+        audio = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=False)[0]
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise AudioFileError(f"Cannot decode {path} ({err}): the file is corrupt; re-extract it.") from err
+    if len(audio) != last - first:
+        raise AudioFileError(
+            f"{path} is truncated: its header announces {info.frames} frames but frames {first}..{last} "
+            f"gave only {len(audio)}; re-extract or re-download it."
+        )
+    return torch.from_numpy(np.ascontiguousarray(audio))
+
+
+def _seconds(value: str | float | None) -> float | None:
+    """A CSV time field: empty means "not set"."""
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def audio_pipeline(sample_rate: int = 16000, segmented: bool = True) -> Callable:
+    """A SpeechBrain dynamic item providing ``"sig"``, for ``DynamicItemDataset.add_dynamic_item``.
+
+    With ``segmented=True`` it takes the manifest's ``"wav", "start", "stop"`` columns (seconds, as written
+    by the prepare scripts); otherwise it takes ``"wav"`` alone and reads whole files.
+    """
+    from speechbrain.utils.data_pipeline import provides, takes
+
+    if segmented:
+
+        @takes("wav", "start", "stop")
+        @provides("sig")
+        def read_sig(wav: str, start: str | float | None, stop: str | float | None) -> torch.Tensor:
+            return read_segment(wav, _seconds(start), _seconds(stop), sample_rate)
+
+    else:
+
+        @takes("wav")
+        @provides("sig")
+        def read_sig(wav: str) -> torch.Tensor:
+            return read_segment(wav, sample_rate=sample_rate)
+
+    return read_sig
