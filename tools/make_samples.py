@@ -180,7 +180,6 @@ FRAME = SAMPLE_RATE // 100  # STM times have two decimals, so every boundary sit
 TEDLIUM_SEED = 51  # openslr id of TED-LIUM 3
 TEDLIUM_SENTENCE_RANGE = (0, 300)  # english_sentences positions reserved for this sample
 TEDLIUM_MAX_WORDS = 10  # short sentences keep the tiny sample learnable
-SPLITS = ("train", "dev", "test")
 README_MARKER = "Synthetic miniature of TED-LIUM release 3"
 
 
@@ -283,9 +282,8 @@ def _render_talk(spec: TalkSpec, segments: list[_Segment], seed: int) -> tuple[n
     label = f"<o,f0,{spec.voice.gender}>"
 
     def gap_line(start: int, end: int) -> str:
-        return f"{spec.name} 1 inter_segment_gap {start / 100:.2f} {end / 100:.2f} <o,,unknown> " + (
-            "ignore_time_segment_in_scoring"
-        )
+        times = f"{start / 100:.2f} {end / 100:.2f}"
+        return f"{spec.name} 1 inter_segment_gap {times} <o,,unknown> ignore_time_segment_in_scoring"
 
     def add(audio: np.ndarray) -> int:
         """Append audio padded to whole frames; return its length in frames."""
