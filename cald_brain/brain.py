@@ -1,0 +1,419 @@
+"""CALDBrain: a speechbrain.Brain that trains a student with task loss + cross-architecture layerwise
+distillation, following a guidance schedule (unguided / target / trajectory / waypoint / hybrid).
+
+Recipes implement `forward_model` (run one network), `task_loss` and optionally `update_metrics` and
+`prepare_batch`; CALDBrain owns the train/eval steps, the teacher, the objective, optimizer stepping,
+non-finite handling, waypoint snapshots and the checkpointing of all of it. See docs/ENGINE.md.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import speechbrain as sb
+import torch
+import torch.distributed as dist
+import yaml
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.distributed import if_main_process
+from torch.utils.data import DataLoader
+
+from cald_brain.distill.guidance import Guidance, StepPlan, config_from_hparams
+from cald_brain.distill.losses import (
+    DistillLossConfig,
+    check_hidden_match,
+    layerwise_distillation_loss,
+    logit_distillation_loss,
+)
+from cald_brain.distill.teachers import SNAPSHOT_DIRNAME, Teacher, save_snapshot
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOutputs:
+    """What one network (student or teacher) produced for a batch.
+
+    logits: (B, T, V) frame-level (CTC, LM) or (B, C) per item (classifier).
+    hidden_states: HF `output_hidden_states` style; index 0 = embeddings / feature projection,
+        index i = output of block i; each (B, T, D).
+    mask: (B, T) bool, True = valid frame of the hidden states (and of frame-level logits); None = no padding.
+    """
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...]
+    mask: torch.Tensor | None = None
+
+
+def move_to_device(batch: Any, device: str | torch.device) -> Any:
+    """Move a batch (PaddedBatch or anything with `.to`, tensors, and dicts/lists/tuples of them) to `device`;
+    other leaves (ids, strings) stay as they are."""
+    if isinstance(batch, dict):
+        return {key: move_to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(move_to_device(value, device) for value in batch)
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    return batch
+
+
+class TermAverages:
+    """Running averages of the logged loss terms over the micro-batches of an epoch (each term over the
+    micro-batches where it was computed)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([value.detach().float() for value in terms.values()]).tolist()
+        for key, value in zip(terms, values, strict=True):
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def averages(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] for key in self.sums}
+
+    def state_dict(self) -> dict[str, dict]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+
+
+@register_checkpoint_hooks
+class CALDBrain(sb.Brain):
+    """Brain for CALD training and for the plain teacher fine-tuning run (guidance_mode: unguided).
+
+    `modules` must hold the student as `student`. The guidance schedule, loss settings and snapshot settings
+    come from top-level hparams keys (docs/ENGINE.md); `opt_class` may be passed or given as hparams key.
+    """
+
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+        hparams = dict(hparams or {})
+        if not modules or "student" not in modules:
+            raise ValueError(
+                "CALDBrain needs the student network as modules['student'] (YAML: modules: {student: ...})"
+            )
+        super().__init__(modules, opt_class or hparams.get("opt_class"), hparams, run_opts, checkpointer)
+        self.guidance = Guidance.from_hparams(hparams)
+        self.loss_config = config_from_hparams(DistillLossConfig, hparams)
+        self.snapshot_every_steps = int(hparams.get("snapshot_every_steps") or 0)
+        self.snapshot_folder = hparams.get("snapshot_folder")
+        self.lr_scheduler_class = hparams.get("lr_scheduler")
+        self.lr_scheduler = None
+        self.student = self.modules.student  # unwrapped: what checkpoints and snapshots save
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("student", self.student)
+        self.term_averages = TermAverages()
+        self.skipped_steps = 0  # this epoch
+        self.nonfinite_in_a_row = 0
+        self._window_finite = True
+        self._teacher_checked = False
+        self._epoch_counter = None
+        self._train_loader = None
+
+    # --- recipe hooks ---------------------------------------------------------------------------------------
+
+    def forward_model(self, model: torch.nn.Module, batch: Any, stage: sb.Stage) -> ModelOutputs:
+        """Run one network (the student, or the teacher) on `batch`. Must be implemented by the recipe."""
+        raise NotImplementedError("the recipe's CALDBrain subclass must implement forward_model()")
+
+    def task_loss(self, outputs: ModelOutputs, batch: Any, stage: sb.Stage) -> torch.Tensor:
+        """Task loss (CTC, CE, ...) of one network's outputs. Must be implemented by the recipe."""
+        raise NotImplementedError("the recipe's CALDBrain subclass must implement task_loss()")
+
+    def update_metrics(self, outputs: ModelOutputs, batch: Any, stage: sb.Stage) -> None:
+        """Add the student's predictions to the stage metrics (VALID/TEST only). Optional."""
+
+    def prepare_batch(self, batch: Any, stage: sb.Stage) -> Any:
+        """Move the batch to the device. Override (calling super) to add data augmentation: the result is fed
+        to both student and teacher, so they see the same input."""
+        return move_to_device(batch, self.device)
+
+    def stage_stats(self, stage: sb.Stage, stage_loss: float) -> dict[str, float]:
+        """{"loss": stage_loss}, plus at TRAIN the epoch averages of the logged terms and `skipped_steps`."""
+        stats = {"loss": stage_loss}
+        if stage == sb.Stage.TRAIN:
+            stats.update(self.term_averages.averages())
+            stats["skipped_steps"] = self.skipped_steps
+        return stats
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Default: keep the train stats for the recipe's VALID logging."""
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = self.stage_stats(stage, stage_loss)
+
+    # --- start-up -------------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        epoch_counter,
+        train_set,
+        valid_set=None,
+        progressbar=None,
+        train_loader_kwargs={},  # noqa: B006 (SpeechBrain's signature)
+        valid_loader_kwargs={},  # noqa: B006
+    ):
+        """SpeechBrain's fit; remembers the epoch counter and train loader to size hybrid schedules."""
+        self._epoch_counter = epoch_counter
+        if isinstance(train_set, DataLoader):
+            self._train_loader = train_set
+        super().fit(
+            epoch_counter, train_set, valid_set, progressbar, train_loader_kwargs, valid_loader_kwargs
+        )
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self._train_loader = loader
+        return loader
+
+    def total_optimizer_steps(self) -> int | None:
+        """Planned optimizer steps of the run: optimizer_step_limit, else epochs × steps per epoch."""
+        if self.optimizer_step_limit is not None:
+            return int(self.optimizer_step_limit)
+        limit = getattr(self._epoch_counter, "limit", None)
+        if limit is None or self._train_loader is None:
+            return None
+        return limit * (len(self._train_loader) // self.grad_accumulation_factor)
+
+    def on_fit_start(self):
+        """Build the teacher, register every stateful object, initialise the student from the teacher if
+        asked (fresh runs only), then SpeechBrain's start (compile, DDP, optimizers, recovery), then load the
+        teacher weights for the recovered step."""
+        self.guidance.setup(self.device, self.total_optimizer_steps(), self.scaler.is_enabled())
+        if self.checkpointer is not None:
+            for name, obj in self.guidance.recoverables().items():
+                self.checkpointer.add_recoverable(name, obj)
+        if self.snapshot_every_steps > 0:
+            self.snapshot_folder = self._resolve_snapshot_folder()
+        init_state = self.guidance.student_init_state()
+        fresh = self.checkpointer is None or self.checkpointer.find_checkpoint() is None
+        if init_state is not None and fresh:
+            self._init_student(init_state)
+        super().on_fit_start()
+        self.guidance.start(self.optimizer_step)
+
+    def init_optimizers(self):
+        """SpeechBrain's student optimizer (`opt_class`), plus the optional step-wise `lr_scheduler`."""
+        super().init_optimizers()
+        if self.optimizers_dict is None:
+            raise ValueError(
+                "CALDBrain needs a student optimizer: set opt_class (YAML key or constructor argument)"
+            )
+        if self.lr_scheduler_class is not None:
+            self.lr_scheduler = self.lr_scheduler_class(self.optimizer)
+            if self.checkpointer is not None:
+                self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+
+    def _resolve_snapshot_folder(self) -> Path:
+        if self.snapshot_folder is not None:
+            return Path(self.snapshot_folder)
+        if self.checkpointer is None:
+            raise ValueError(
+                "snapshot_every_steps > 0 needs snapshot_folder or a checkpointer (its folder is used)"
+            )
+        return Path(self.checkpointer.checkpoints_dir) / SNAPSHOT_DIRNAME
+
+    def _init_student(self, state: dict[str, torch.Tensor]) -> None:
+        """student_init: teacher: copy every teacher tensor whose name and shape exist in the student."""
+        own = self.student.state_dict()
+        shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not shared:
+            raise ValueError(
+                f"student_init=teacher: no tensor of {self.guidance.teacher.source} matches the student's "
+                "parameter names and shapes; check that teacher and student come from the same source model"
+            )
+        self.student.load_state_dict(shared, strict=False)
+        kept = sorted(set(own) - set(shared))
+        logger.info(
+            f"Student initialised from {self.guidance.teacher.source}: "
+            f"{len(shared)}/{len(own)} tensors copied; "
+            f"{len(kept)} kept from the source/conversion (e.g. {', '.join(kept[:3])})"
+        )
+
+    # --- train step -----------------------------------------------------------------------------------------
+
+    def fit_batch(self, batch):
+        """One micro-batch: student (+ teacher) forward, objective, backward; optimizer step(s) at the end
+        of an accumulation window. Returns the detached total loss."""
+        if self.step == 1:
+            self._start_epoch()
+        should_step = self.step % self.grad_accumulation_factor == 0
+        batch = self.prepare_batch(batch, sb.Stage.TRAIN)
+        plan = self.guidance.plan(self.optimizer_step)
+        self.on_fit_batch_start(batch, should_step)
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                student = self.forward_model(self.modules.student, batch, sb.Stage.TRAIN)
+                teacher = self._teacher_forward(plan, batch)
+                terms = self._objective(plan, student, teacher, batch)
+            loss = terms["loss"]
+            self._window_finite &= bool(torch.isfinite(loss))
+            self.scaler.scale(loss / self.grad_accumulation_factor).backward()
+        if plan.update_teacher:
+            self._window_finite &= bool(torch.isfinite(terms["teacher_task"]))
+            plan.teacher.backward(terms["teacher_task"], self.grad_accumulation_factor)
+        if should_step:
+            self._finish_window(plan)
+        self.term_averages.add(terms)
+        self.on_fit_batch_end(batch, student, loss, should_step)
+        return loss.detach().cpu()
+
+    def _start_epoch(self) -> None:
+        """First batch of an epoch (not after a mid-epoch resume): reset the epoch's averages and drop what a
+        last, incomplete accumulation window of the previous epoch left behind."""
+        self.term_averages = TermAverages()
+        self.skipped_steps = 0
+        self._window_finite = True
+        if self.guidance.teacher is not None:
+            self.guidance.teacher.drop_gradients()
+
+    def _teacher_forward(self, plan: StepPlan, batch: Any) -> ModelOutputs | None:
+        """Teacher outputs for the plan: none, under no_grad, or with grad when the joint teacher updates."""
+        if plan.teacher is None:
+            return None
+        with torch.set_grad_enabled(plan.update_teacher):
+            return self.forward_model(plan.teacher.net, batch, sb.Stage.TRAIN)
+
+    def _objective(
+        self, plan: StepPlan, student: ModelOutputs, teacher: ModelOutputs | None, batch: Any
+    ) -> dict[str, torch.Tensor]:
+        """alpha_task * task + alpha_kd * KD + alpha_ld * LD, and every term for logging."""
+        cfg = self.loss_config
+        task = self.task_loss(student, batch, sb.Stage.TRAIN)
+        terms = {"task": task}
+        loss = plan.alpha_task * task if plan.alpha_task > 0 else task.new_zeros(())
+        if teacher is not None:
+            if not self._teacher_checked:
+                self._check_teacher(student, teacher, plan.teacher)
+            if plan.alpha_ld > 0:
+                ld, per_layer = layerwise_distillation_loss(
+                    student.hidden_states,
+                    teacher.hidden_states,
+                    student.mask,
+                    cfg.ld_norm,
+                    cfg.loss_reduction,
+                    cfg.ld_skip_first,
+                    cfg.ld_skip_last,
+                )
+                loss = loss + plan.alpha_ld * ld
+                terms["ld"] = ld
+                terms.update({f"ld_{i}": value for i, value in per_layer.items()})
+            if plan.alpha_kd > 0:
+                kd = logit_distillation_loss(
+                    student.logits,
+                    teacher.logits,
+                    student.mask if student.logits.dim() == 3 else None,
+                    cfg.kd_temperature,
+                    cfg.kd_temperature_squared,
+                    cfg.loss_reduction,
+                )
+                loss = loss + plan.alpha_kd * kd
+                terms["kd"] = kd
+            if plan.update_teacher:
+                terms["teacher_task"] = self.task_loss(teacher, batch, sb.Stage.TRAIN)
+        terms["loss"] = loss
+        return terms
+
+    def _check_teacher(self, student: ModelOutputs, teacher: ModelOutputs, source: Teacher) -> None:
+        """First teacher batch: hidden states, logits and masks of teacher and student must pair up."""
+        try:
+            check_hidden_match(student.hidden_states, teacher.hidden_states)
+            if student.logits.shape != teacher.logits.shape:
+                raise ValueError(
+                    f"logit shapes differ: student {tuple(student.logits.shape)}, "
+                    f"teacher {tuple(teacher.logits.shape)}"
+                )
+            if (student.mask is None) != (teacher.mask is None) or (
+                student.mask is not None and not torch.equal(student.mask, teacher.mask)
+            ):
+                raise ValueError("student and teacher return different padding masks for the same batch")
+        except ValueError as err:
+            raise ValueError(f"teacher {source.source} does not match the student: {err}") from err
+        self._teacher_checked = True
+
+    def _finish_window(self, plan: StepPlan) -> None:
+        """End of an accumulation window: step everything, or skip the step if any loss was not finite."""
+        finite = self._all_ranks_agree(self._window_finite)
+        self._window_finite = True
+        if not finite:
+            self._skip_step(plan)
+            return
+        self.nonfinite_in_a_row = 0
+        self.optimizers_step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        if plan.update_teacher:
+            plan.teacher.step(self.max_grad_norm)
+        if self.snapshot_every_steps > 0 and self.optimizer_step % self.snapshot_every_steps == 0:
+            self._save_snapshot()
+
+    def _all_ranks_agree(self, flag: bool) -> bool:
+        """True only if `flag` is True on every rank (so every rank skips the same steps)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return flag
+        value = torch.tensor(int(flag), device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
+    def _skip_step(self, plan: StepPlan) -> None:
+        self.zero_grad(set_to_none=True)
+        if plan.teacher is not None:
+            plan.teacher.drop_gradients()
+        self.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
+        logger.warning(
+            f"Non-finite loss at optimizer step {self.optimizer_step}: step skipped "
+            f"({self.nonfinite_in_a_row} in a row, nonfinite_patience={self.nonfinite_patience})"
+        )
+        if self.nonfinite_in_a_row > self.nonfinite_patience:
+            raise RuntimeError(
+                f"Loss was not finite for {self.nonfinite_in_a_row} optimizer steps in a row (more than "
+                f"nonfinite_patience={self.nonfinite_patience}); stopping. Try a lower learning rate, "
+                "--precision=bf16 or fp32 instead of fp16, check the data of the last batches, or raise "
+                "--nonfinite_patience. Wrap fit() in torch.autograd.detect_anomaly() to find the source."
+            )
+
+    def _save_snapshot(self) -> None:
+        if if_main_process():
+            path = save_snapshot(self.student.state_dict(), self.snapshot_folder, self.optimizer_step)
+            logger.info(f"Waypoint snapshot written: {path}")
+
+    # --- eval step ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch, stage):
+        """Student only: task loss and metrics."""
+        batch = self.prepare_batch(batch, stage)
+        with self.evaluation_ctx:
+            outputs = self.forward_model(self.modules.student, batch, stage)
+            loss = self.task_loss(outputs, batch, stage)
+        self.update_metrics(outputs, batch, stage)
+        return loss.detach().cpu()
+
+    # --- checkpoint -----------------------------------------------------------------------------------------
+
+    @mark_as_saver
+    def _save(self, path):
+        state = {
+            "step": self.step,
+            "avg_train_loss": self.avg_train_loss,
+            "optimizer_step": self.optimizer_step,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "term_averages": self.term_averages.state_dict(),
+        }
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(state, f)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        super()._recover(path, end_of_epoch)
+        with open(path, encoding="utf-8") as f:
+            state = yaml.safe_load(f)
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
+        self.term_averages.load_state_dict(state.get("term_averages", {"sums": {}, "counts": {}}))

@@ -1,0 +1,247 @@
+"""The guidance schedule of CALD: for optimizer step t, which teacher runs, the loss weights, and whether the
+joint teacher updates. The five modes (unguided, target, trajectory, waypoint, hybrid) live only here and in
+`teachers.py`; the Brain asks `Guidance.plan(t)` and never looks at the mode name.
+"""
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from cald_brain.distill.teachers import (
+    FrozenTeacher,
+    JointTeacher,
+    SnapshotTeacher,
+    Teacher,
+    load_state_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+MODES = ("unguided", "target", "trajectory", "waypoint", "hybrid")
+STUDENT_INITS = ("source", "teacher")
+
+
+def config_from_hparams(cls: type, hparams: dict[str, Any]) -> Any:
+    """Build the dataclass `cls` from the top-level hparams keys named like its fields (missing keys keep the
+    field defaults)."""
+    return cls(**{f.name: hparams[f.name] for f in fields(cls) if f.name in hparams})
+
+
+@dataclass
+class GuidanceConfig:
+    """Top-level YAML keys of the guidance schedule (see docs/ENGINE.md for each)."""
+
+    guidance_mode: str = "unguided"
+    student_init: str = "source"
+    teacher_net: torch.nn.Module | None = None
+    teacher_path: str | None = None
+    teacher_ckpt_key: str = "student"
+    teacher_min_key: str | None = None
+    teacher_max_key: str | None = None
+    teacher_train_mode: bool = True
+    teacher_update_cycle: int = 1
+    teacher_opt_class: Any = None
+    teacher_lr_scheduler: Any = None
+    distill_until_step: int | None = None
+    distill_until_fraction: float | None = None
+    alpha_task: float = 1.0
+    alpha_kd: float = 0.0
+    alpha_ld: float = 15.0
+
+    def __post_init__(self):
+        if self.guidance_mode not in MODES:
+            raise ValueError(f"guidance_mode={self.guidance_mode!r} is not one of {', '.join(MODES)}")
+        if self.student_init not in STUDENT_INITS:
+            raise ValueError(f"student_init={self.student_init!r} is not one of {', '.join(STUDENT_INITS)}")
+        for name in ("alpha_task", "alpha_kd", "alpha_ld"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.alpha_task == 0 and self.guidance_mode in ("unguided", "hybrid"):
+            raise ValueError(f"alpha_task=0 leaves nothing to train with guidance_mode={self.guidance_mode}")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one optimizer step does. `teacher` is None when no teacher forward is needed."""
+
+    teacher: Teacher | None
+    alpha_task: float
+    alpha_kd: float
+    alpha_ld: float
+    update_teacher: bool = False
+
+
+@register_checkpoint_hooks
+class Guidance:
+    """The guidance schedule and its teacher.
+
+    Life cycle (driven by CALDBrain.on_fit_start): `setup()` validates the configuration and builds the
+    teacher (start-up errors name keys and paths), `recoverables()` are registered with the checkpointer, the
+    checkpoint is recovered, `start(step)` loads the teacher weights step `step` needs; then `plan(t)` at
+    every step. The schedule's own state (mode, current waypoint, hybrid switch) is a checkpoint recoverable.
+    """
+
+    def __init__(self, config: GuidanceConfig):
+        self.config = config
+        self.mode = config.guidance_mode
+        self.teacher: Teacher | None = None
+        self.switch_step: int | None = None
+        self.released = False
+        self.recovered_state: dict[str, Any] | None = None
+
+    @classmethod
+    def from_hparams(cls, hparams: dict[str, Any]) -> "Guidance":
+        return cls(config_from_hparams(GuidanceConfig, hparams))
+
+    # --- start-up -------------------------------------------------------------------------------------------
+
+    def setup(
+        self, device: str | torch.device, total_steps: int | None = None, grad_scaler: bool = False
+    ) -> None:
+        """Validate the mode's keys, build and place the teacher. `total_steps` resolves
+        `distill_until_fraction`; `grad_scaler` enables fp16 loss scaling for a joint teacher."""
+        cfg = self.config
+        if self.mode == "unguided":
+            if cfg.student_init == "teacher":
+                raise ValueError(
+                    "student_init=teacher needs guidance_mode target or hybrid (and a teacher_path)"
+                )
+            return
+        if cfg.teacher_net is None:
+            raise ValueError(f"guidance_mode={self.mode} needs teacher_net (the teacher network) in the YAML")
+        if self.mode in ("target", "hybrid", "waypoint") and cfg.teacher_path is None:
+            raise ValueError(
+                f"guidance_mode={self.mode} needs teacher_path (the teacher run's checkpoint folder)"
+            )
+        if cfg.student_init == "teacher" and self.mode not in ("target", "hybrid"):
+            raise ValueError(
+                f"student_init=teacher needs guidance_mode target or hybrid, not {self.mode}: the student is "
+                "initialised from the teacher checkpoint at teacher_path"
+            )
+        if self.mode in ("target", "hybrid"):
+            self.teacher = FrozenTeacher(
+                cfg.teacher_net,
+                cfg.teacher_path,
+                cfg.teacher_ckpt_key,
+                cfg.teacher_min_key,
+                cfg.teacher_max_key,
+                cfg.teacher_train_mode,
+            )
+        elif self.mode == "waypoint":
+            self.teacher = SnapshotTeacher(cfg.teacher_net, cfg.teacher_path, cfg.teacher_train_mode)
+        else:
+            if cfg.teacher_opt_class is None:
+                raise ValueError(
+                    "guidance_mode=trajectory needs teacher_opt_class (e.g. !name:torch.optim.AdamW with lr) "
+                    "for the jointly trained teacher"
+                )
+            self.teacher = JointTeacher(
+                cfg.teacher_net,
+                cfg.teacher_opt_class,
+                cfg.teacher_lr_scheduler,
+                cfg.teacher_update_cycle,
+                cfg.teacher_train_mode,
+            )
+        if self.mode == "hybrid":
+            self.switch_step = self._resolve_switch_step(total_steps)
+            logger.info(f"Hybrid guidance: distillation until optimizer step {self.switch_step}")
+        self.teacher.setup(device, grad_scaler)
+
+    def _resolve_switch_step(self, total_steps: int | None) -> int:
+        cfg = self.config
+        if (cfg.distill_until_step is None) == (cfg.distill_until_fraction is None):
+            raise ValueError(
+                "guidance_mode=hybrid needs exactly one of distill_until_step, distill_until_fraction"
+            )
+        if cfg.distill_until_step is not None:
+            return int(cfg.distill_until_step)
+        if not 0.0 <= cfg.distill_until_fraction <= 1.0:
+            raise ValueError(f"distill_until_fraction must be in [0, 1], got {cfg.distill_until_fraction}")
+        if total_steps is None:
+            raise ValueError(
+                "distill_until_fraction needs the total number of optimizer steps: set optimizer_step_limit, "
+                "or use an epoch counter with a limit, or give distill_until_step instead"
+            )
+        return round(cfg.distill_until_fraction * total_steps)
+
+    def recoverables(self) -> dict[str, object]:
+        """Objects the checkpointer must save/restore: the schedule and the teacher's trainable state."""
+        found = {"guidance": self}
+        if self.teacher is not None:
+            found.update(self.teacher.recoverables())
+        return found
+
+    def student_init_state(self) -> dict[str, torch.Tensor] | None:
+        """The teacher state dict to initialise the student from (`student_init: teacher`), else None."""
+        if self.config.student_init != "teacher":
+            return None
+        return load_state_dict(self.teacher.file)
+
+    def start(self, step: int) -> None:
+        """After checkpoint recovery: load the weights step `step` needs (none past a hybrid switch)."""
+        if self.teacher is None:
+            return
+        if self.recovered_state is not None and self.recovered_state["mode"] != self.mode:
+            logger.warning(
+                f"Resuming a {self.recovered_state['mode']}-guided checkpoint with guidance_mode={self.mode}"
+            )
+        if self._distilling(step) or self.teacher.trainable:
+            self.teacher.start(step)
+        else:
+            self._release()
+        if self.recovered_state is not None and self.recovered_state.get("waypoint") != self._waypoint():
+            logger.warning(
+                f"Checkpoint was guided by snapshot step {self.recovered_state.get('waypoint')}, now using "
+                f"{self._waypoint()} for step {step} "
+                f"(were the snapshots in {self.config.teacher_path} changed?)"
+            )
+
+    # --- per step -------------------------------------------------------------------------------------------
+
+    def _distilling(self, step: int) -> bool:
+        if self.teacher is None:
+            return False
+        return self.switch_step is None or step < self.switch_step
+
+    def plan(self, step: int) -> StepPlan:
+        """The plan for optimizer step `step` (= optimizer steps already done). Switches the teacher's weights
+        when needed (waypoint) and frees the teacher at the hybrid switch."""
+        cfg = self.config
+        if not self._distilling(step):
+            if self.teacher is not None and not self.teacher.trainable and not self.released:
+                logger.info(f"Hybrid guidance: distillation off from optimizer step {step}; teacher freed")
+                self._release()
+            return StepPlan(None, cfg.alpha_task, 0.0, 0.0)
+        update = self.teacher.trainable and self.teacher.updates_at(step)
+        distill = cfg.alpha_kd > 0 or cfg.alpha_ld > 0
+        if not (distill or update):
+            return StepPlan(None, cfg.alpha_task, 0.0, 0.0)
+        self.teacher.prepare(step)
+        return StepPlan(self.teacher, cfg.alpha_task, cfg.alpha_kd, cfg.alpha_ld, update)
+
+    def _release(self) -> None:
+        if not self.released:
+            self.teacher.release()
+            self.released = True
+
+    def _waypoint(self) -> int | None:
+        return getattr(self.teacher, "current", None)
+
+    # --- checkpoint -----------------------------------------------------------------------------------------
+
+    @mark_as_saver
+    def _save(self, path: Path) -> None:
+        state = {"mode": self.mode, "waypoint": self._waypoint(), "released": self.released}
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(state, f)
+
+    @mark_as_loader
+    def _recover(self, path: Path, end_of_epoch: bool) -> None:
+        del end_of_epoch
+        with open(path, encoding="utf-8") as f:
+            self.recovered_state = yaml.safe_load(f)

@@ -1,0 +1,340 @@
+"""Teachers for CALD guidance, and the files they are loaded from.
+
+- `FrozenTeacher` (target / hybrid modes): a transformer with the weights of a teacher run's checkpoint, never
+  updated (`requires_grad=False`).
+- `JointTeacher` (trajectory mode): a transformer started from the source model and trained in the same run on
+  the task loss, with its own optimizer, LR scheduler and GradScaler, every `update_cycle` student steps.
+- `SnapshotTeacher` (waypoint mode): the snapshots `step_<N>.ckpt` that a teacher run wrote every K steps; at
+  student step t it holds the first snapshot with N > t (the last one after the end).
+
+Checkpoint locations accepted for a frozen teacher: a state-dict file, a SpeechBrain `CKPT+*` folder, or a
+SpeechBrain save folder holding `CKPT+*` folders (the best one is picked by a meta key).
+"""
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_RE = re.compile(r"^step_(\d+)\.ckpt$")
+SNAPSHOT_DIRNAME = "snapshots"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+
+
+def snapshot_path(folder: str | Path, step: int) -> Path:
+    """Path of the waypoint snapshot written after `step` optimizer steps."""
+    return Path(folder) / f"step_{step}.ckpt"
+
+
+def save_snapshot(state_dict: dict[str, torch.Tensor], folder: str | Path, step: int) -> Path:
+    """Write a waypoint snapshot atomically (temporary name, then `os.replace`) and return its path."""
+    path = snapshot_path(folder, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state_dict, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def list_snapshots(path: str | Path) -> list[tuple[int, Path]]:
+    """Sorted (step, file) of the snapshots in `path` (the snapshot folder, or a save folder holding
+    `snapshots/`). Raises FileNotFoundError naming the path when there is none."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"waypoint teacher_path {path} does not exist; point it at the teacher run's save folder "
+            f"(holding {SNAPSHOT_DIRNAME}/) or at its snapshot folder"
+        )
+    folder = path / SNAPSHOT_DIRNAME if (path / SNAPSHOT_DIRNAME).is_dir() else path
+    found = sorted(
+        (int(m.group(1)), f) for f in folder.iterdir() if (m := SNAPSHOT_RE.match(f.name)) is not None
+    )
+    if not found:
+        raise FileNotFoundError(
+            f"no waypoint snapshots (step_<N>.ckpt) in {folder}; run the teacher fine-tuning with "
+            "snapshot_every_steps > 0 (it writes <save_folder>/snapshots/step_<N>.ckpt) and set teacher_path "
+            "to its save folder"
+        )
+    return found
+
+
+def resolve_checkpoint_file(
+    path: str | Path, ckpt_key: str = "student", min_key: str | None = None, max_key: str | None = None
+) -> Path:
+    """The state-dict file of a teacher given as a file, a `CKPT+*` folder or a save folder of them.
+
+    In a save folder the best checkpoint by `min_key` (e.g. WER) or `max_key` (e.g. ACC) is used; checkpoints
+    without that key (intra-epoch ones) are ignored. With neither key the folder must hold exactly one.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"teacher checkpoint {path} does not exist; set teacher_path to the teacher run's save folder, "
+            "one of its CKPT+* folders, or a .ckpt state-dict file"
+        )
+    if path.name.startswith(CKPT_PREFIX) and (path / METAFNAME).is_file():
+        ckpt_dir = path
+    else:
+        checkpointer = Checkpointer(path)
+        checkpoints = checkpointer.list_checkpoints()
+        if not checkpoints:
+            raise FileNotFoundError(
+                f"no CKPT+* checkpoint in teacher folder {path}; train the teacher first or point "
+                "teacher_path at a .ckpt file"
+            )
+        if min_key is None and max_key is None:
+            if len(checkpoints) > 1:
+                raise ValueError(
+                    f"teacher folder {path} holds {len(checkpoints)} checkpoints; set teacher_min_key "
+                    "(e.g. WER) or teacher_max_key (e.g. ACC) to pick the best one, or point teacher_path "
+                    "at one CKPT+* folder"
+                )
+            ckpt_dir = checkpoints[0].path
+        else:
+            best = checkpointer.find_checkpoint(min_key=min_key, max_key=max_key)
+            if best is None:
+                raise ValueError(
+                    f"no checkpoint in teacher folder {path} records the meta key {min_key or max_key!r}; "
+                    "check teacher_min_key / teacher_max_key against the keys saved by the teacher run"
+                )
+            ckpt_dir = best.path
+    ckpt_file = Path(ckpt_dir) / f"{ckpt_key}.ckpt"
+    if not ckpt_file.is_file():
+        present = sorted(p.stem for p in Path(ckpt_dir).glob("*.ckpt"))
+        raise FileNotFoundError(
+            f"teacher checkpoint {ckpt_dir} has no {ckpt_key}.ckpt (it has: {', '.join(present)}); "
+            "set teacher_ckpt_key to the name of the network's recoverable"
+        )
+    return ckpt_file
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict saved with torch.save (tensors only) onto the CPU."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return state
+
+
+def load_into(net: torch.nn.Module, path: Path) -> None:
+    """Strictly load the state dict at `path` into `net`; a mismatch names the file."""
+    try:
+        net.load_state_dict(load_state_dict(path), strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"teacher checkpoint {path} does not fit teacher_net: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Teachers
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Teacher:
+    """A teacher network plus where its weights come from; `net` is what the recipe's `forward_model` runs.
+
+    Subclasses set `trainable` and implement `setup` (start-up: move to device, build what the checkpointer
+    must know about) and `start` (after checkpoint recovery: load the weights step `t` needs).
+    """
+
+    trainable = False
+
+    def __init__(self, net: torch.nn.Module, train_mode: bool = True, source: str = "teacher_net"):
+        self.net = net
+        self.train_mode = train_mode
+        self.source = source  # shown in error messages: where the weights come from
+
+    def setup(self, device: str | torch.device, grad_scaler: bool = False) -> None:
+        """Move the teacher to `device` and set train/eval mode."""
+        del grad_scaler
+        self.net.to(device)
+        self.net.train(self.train_mode)
+
+    def start(self, step: int) -> None:
+        """Load the weights needed at student optimizer step `step` (called after checkpoint recovery)."""
+
+    def prepare(self, step: int) -> None:
+        """Called before every teacher forward; switches weights when step `step` needs others."""
+
+    def recoverables(self) -> dict[str, object]:
+        """Objects to register with the checkpointer (name -> object)."""
+        return {}
+
+    def release(self) -> None:
+        """Free the teacher's memory for the rest of the run (its parameters move to the meta device, which
+        frees them even while other references to the module, e.g. hparams, remain)."""
+        self.net.to("meta")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def drop_gradients(self) -> None:
+        """Discard accumulated gradients (skipped step, or an incomplete window at the end of an epoch)."""
+        self.net.zero_grad(set_to_none=True)
+
+    def freeze(self) -> None:
+        """Never compute gradients for the teacher's parameters."""
+        self.net.requires_grad_(False)
+
+
+class FrozenTeacher(Teacher):
+    """Target / hybrid teacher: fixed weights from a teacher run's best checkpoint."""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        path: str | Path,
+        ckpt_key: str = "student",
+        min_key: str | None = None,
+        max_key: str | None = None,
+        train_mode: bool = True,
+    ):
+        super().__init__(net, train_mode, source=str(path))
+        self.path = Path(path)
+        self.ckpt_key, self.min_key, self.max_key = ckpt_key, min_key, max_key
+        self.file: Path | None = None
+
+    def setup(self, device: str | torch.device, grad_scaler: bool = False) -> None:
+        """Resolve the checkpoint file (errors name the path) and move the frozen net to `device`."""
+        self.file = resolve_checkpoint_file(self.path, self.ckpt_key, self.min_key, self.max_key)
+        self.source = str(self.file)
+        self.freeze()
+        super().setup(device, grad_scaler)
+
+    def start(self, step: int) -> None:
+        """Load the teacher weights (once)."""
+        load_into(self.net, self.file)
+        logger.info(f"Target teacher loaded from {self.file}")
+
+
+class SnapshotTeacher(Teacher):
+    """Waypoint teacher: at step t the first snapshot with step > t; the last one once t passed them all."""
+
+    def __init__(self, net: torch.nn.Module, path: str | Path, train_mode: bool = True):
+        super().__init__(net, train_mode, source=str(path))
+        self.path = Path(path)
+        self.snapshots: list[tuple[int, Path]] = []
+        self.current: int | None = None  # step N of the loaded snapshot
+
+    def setup(self, device: str | torch.device, grad_scaler: bool = False) -> None:
+        """List the snapshots (error if none) and move the frozen net to `device`."""
+        self.snapshots = list_snapshots(self.path)
+        logger.info(
+            f"Waypoint teacher: {len(self.snapshots)} snapshots in {self.snapshots[0][1].parent} "
+            f"(steps {', '.join(str(n) for n, _ in self.snapshots)})"
+        )
+        self.freeze()
+        super().setup(device, grad_scaler)
+
+    def snapshot_for(self, step: int) -> tuple[int, Path]:
+        """(N, file) of the snapshot used at student step `step`."""
+        for snap_step, file in self.snapshots:
+            if snap_step > step:
+                return snap_step, file
+        return self.snapshots[-1]
+
+    def start(self, step: int) -> None:
+        self.current = None
+        self.prepare(step)
+
+    def prepare(self, step: int) -> None:
+        snap_step, file = self.snapshot_for(step)
+        if snap_step != self.current:
+            load_into(self.net, file)
+            self.current, self.source = snap_step, str(file)
+            logger.info(f"Waypoint teacher at student step {step}: loaded snapshot {file}")
+
+
+class JointTeacher(Teacher):
+    """Trajectory teacher: trained on the task loss in the same run, stepping every `update_cycle` student
+    optimizer steps (on steps t with (t + 1) % update_cycle == 0)."""
+
+    trainable = True
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        opt_class: Callable,
+        lr_scheduler: Callable | None = None,
+        update_cycle: int = 1,
+        train_mode: bool = True,
+    ):
+        super().__init__(net, train_mode, source="teacher_net (trained jointly)")
+        if update_cycle < 1:
+            raise ValueError(f"teacher_update_cycle must be >= 1, got {update_cycle}")
+        self.opt_class, self.lr_scheduler_class = opt_class, lr_scheduler
+        self.update_cycle = update_cycle
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler = None
+        self.scaler: torch.GradScaler | None = None
+
+    def setup(self, device: str | torch.device, grad_scaler: bool = False) -> None:
+        """Move to `device`; build the optimizer, LR scheduler and GradScaler (enabled for fp16 on CUDA)."""
+        super().setup(device, grad_scaler)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("trajectory teacher_net has no trainable parameters")
+        self.optimizer = self.opt_class(params)
+        if self.lr_scheduler_class is not None:
+            self.lr_scheduler = self.lr_scheduler_class(self.optimizer)
+        self.scaler = torch.GradScaler(torch.device(device).type, enabled=grad_scaler)
+
+    def recoverables(self) -> dict[str, object]:
+        found = {"teacher": self.net, "teacher_optimizer": self.optimizer}
+        if self.lr_scheduler is not None:
+            found["teacher_lr_scheduler"] = self.lr_scheduler
+        if self.scaler.is_enabled():
+            found["teacher_scaler"] = self.scaler
+        return found
+
+    def updates_at(self, step: int) -> bool:
+        """Whether the teacher takes an optimizer step together with student optimizer step `step`."""
+        return (step + 1) % self.update_cycle == 0
+
+    def backward(self, loss: torch.Tensor, accumulation: int) -> None:
+        """Back-propagate the teacher's task loss of one micro-batch (scaled like the student's)."""
+        self.scaler.scale(loss / accumulation).backward()
+
+    def step(self, max_grad_norm: float) -> None:
+        """Average gradients across ranks (the teacher is not DDP-wrapped), clip, step, advance the LR."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            all_reduce_mean([p.grad for p in params if p.grad is not None])
+        self.scaler.unscale_(self.optimizer)
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+
+
+def all_reduce_mean(tensors: list[torch.Tensor], bucket_numel: int = 2**24) -> None:
+    """In-place mean of `tensors` over all ranks, in flat buckets of about `bucket_numel` elements."""
+    world = dist.get_world_size()
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for i, tensor in enumerate(tensors):
+        bucket.append(tensor)
+        size += tensor.numel()
+        if size >= bucket_numel or i == len(tensors) - 1:
+            flat = torch.cat([t.reshape(-1) for t in bucket])
+            dist.all_reduce(flat)
+            flat /= world
+            offset = 0
+            for t in bucket:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+            bucket, size = [], 0
