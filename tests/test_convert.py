@@ -351,6 +351,33 @@ def test_padding_invariance_roberta_linformer(tmp_path):
     assert_padding_invariant(base, inputs, items, [12, 7])
 
 
+def test_activation_checkpointing_keeps_the_padding_mask(tmp_path):
+    """Checkpointed layers are re-run in backward; the mask is a call argument, so gradients are unchanged."""
+    config = Wav2Vec2Config(
+        vocab_size=12,
+        hidden_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        final_dropout=0.0,
+        **AUDIO,
+    )
+    case = Case(Wav2Vec2ForCTC, config, "bimamba2", AUDIO_ATTENTION, MAMBA2)
+    student = load_and_convert(save_teacher(case, tmp_path), model_class=Wav2Vec2ForCTC, **MAMBA2).train()
+    inputs = batch(case)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        student.zero_grad()
+        student(**inputs).logits.pow(2).mean().backward()
+        return {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    student.activation_checkpointing_enable()
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for key, grad in plain.items():
+        torch.testing.assert_close(checkpointed[key], grad, rtol=1e-5, atol=1e-7)
+
+
 def test_wavlm_position_bias_path_is_gone_and_model_runs(tmp_path):
     case = CASES["wavlm-bimamba2"]
     student = load_and_convert(save_teacher(case, tmp_path), model_class=WavLMModel, **MAMBA2).eval()
