@@ -12,7 +12,9 @@ from cald_brain.brain import CALDBrain, ModelOutputs
 from cald_brain.mixers.masking import lengths_to_mask
 
 N_IN, WIDTH, N_OUT = 6, 16, 5
-torch.set_num_threads(1)  # tiny ops: intra-op threads only add contention (many times slower on a busy machine)
+torch.set_num_threads(
+    1
+)  # tiny ops: intra-op threads only add contention (many times slower on a busy machine)
 
 
 class AttentionMixer(torch.nn.Module):

@@ -92,6 +92,7 @@ class Guidance:
         self.teacher: Teacher | None = None
         self.switch_step: int | None = None
         self.released = False
+        self.last_step: int | None = None  # last step planned (saved with the waypoint it used)
         self.recovered_state: dict[str, Any] | None = None
 
     @classmethod
@@ -194,11 +195,19 @@ class Guidance:
             self.teacher.start(step)
         else:
             self._release()
-        if self.recovered_state is not None and self.recovered_state.get("waypoint") != self._waypoint():
+        self._check_recovered_waypoint()
+
+    def _check_recovered_waypoint(self) -> None:
+        """Warn when the snapshots no longer give the waypoint the checkpointed run used at its last step."""
+        state = self.recovered_state
+        if state is None or state.get("waypoint") is None or not isinstance(self.teacher, SnapshotTeacher):
+            return
+        now = self.teacher.snapshot_for(state["step"])[0]
+        if now != state["waypoint"]:
             logger.warning(
-                f"Checkpoint was guided by snapshot step {self.recovered_state.get('waypoint')}, now using "
-                f"{self._waypoint()} for step {step} "
-                f"(were the snapshots in {self.config.teacher_path} changed?)"
+                f"The checkpointed run was guided by snapshot step_{state['waypoint']} at step "
+                f"{state['step']}; "
+                f"the snapshots in {self.config.teacher_path} now give step_{now} (were they changed?)"
             )
 
     # --- per step -------------------------------------------------------------------------------------------
@@ -212,6 +221,7 @@ class Guidance:
         """The plan for optimizer step `step` (= optimizer steps already done). Switches the teacher's weights
         when needed (waypoint) and frees the teacher at the hybrid switch."""
         cfg = self.config
+        self.last_step = step
         if not self._distilling(step):
             if self.teacher is not None and not self.teacher.trainable and not self.released:
                 logger.info(f"Hybrid guidance: distillation off from optimizer step {step}; teacher freed")
@@ -236,7 +246,12 @@ class Guidance:
 
     @mark_as_saver
     def _save(self, path: Path) -> None:
-        state = {"mode": self.mode, "waypoint": self._waypoint(), "released": self.released}
+        state = {
+            "mode": self.mode,
+            "step": self.last_step,
+            "waypoint": self._waypoint(),
+            "released": self.released,
+        }
         with open(path, "w", encoding="utf-8") as f:
             yaml.safe_dump(state, f)
 
