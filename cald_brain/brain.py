@@ -7,6 +7,7 @@ non-finite handling, waypoint snapshots and the checkpointing of all of it. See 
 """
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def move_to_device(batch: Any, device: str | torch.device) -> Any:
 
 class TermAverages:
     """Running averages of the logged loss terms over the micro-batches of an epoch (each term over the
-    micro-batches where it was computed)."""
+    micro-batches where it was computed and finite, like SpeechBrain's average of the total loss)."""
 
     def __init__(self):
         self.sums: dict[str, float] = {}
@@ -69,6 +70,8 @@ class TermAverages:
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         values = torch.stack([value.detach().float() for value in terms.values()]).tolist()
         for key, value in zip(terms, values, strict=True):
+            if not math.isfinite(value):
+                continue
             self.sums[key] = self.sums.get(key, 0.0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
 
@@ -249,8 +252,7 @@ class CALDBrain(sb.Brain):
             with self.training_ctx:
                 student = self.forward_model(self.modules.student, batch, sb.Stage.TRAIN)
                 teacher = self._teacher_forward(plan, batch)
-                terms = self._objective(plan, student, teacher, batch)
-            loss = terms["loss"]
+                loss, terms = self._objective(plan, student, teacher, batch)
             self._window_finite &= bool(torch.isfinite(loss))
             self.scaler.scale(loss / self.grad_accumulation_factor).backward()
         if plan.update_teacher:
@@ -280,8 +282,8 @@ class CALDBrain(sb.Brain):
 
     def _objective(
         self, plan: StepPlan, student: ModelOutputs, teacher: ModelOutputs | None, batch: Any
-    ) -> dict[str, torch.Tensor]:
-        """alpha_task * task + alpha_kd * KD + alpha_ld * LD, and every term for logging."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(alpha_task * task + alpha_kd * KD + alpha_ld * LD, every term for logging)."""
         cfg = self.loss_config
         task = self.task_loss(student, batch, sb.Stage.TRAIN)
         terms = {"task": task}
@@ -315,8 +317,7 @@ class CALDBrain(sb.Brain):
                 terms["kd"] = kd
             if plan.update_teacher:
                 terms["teacher_task"] = self.task_loss(teacher, batch, sb.Stage.TRAIN)
-        terms["loss"] = loss
-        return terms
+        return loss, terms
 
     def _check_teacher(self, student: ModelOutputs, teacher: ModelOutputs, source: Teacher) -> None:
         """First teacher batch: hidden states, logits and masks of teacher and student must pair up."""

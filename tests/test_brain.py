@@ -2,6 +2,9 @@
 errors, non-finite steps, snapshots, precision."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,6 +209,32 @@ def test_student_init_from_teacher_copies_non_attention_weights_once(tmp_path, t
     assert_same_params(params_of(brain.student), trained)
 
 
+def test_teacher_run_checkpoints_feed_a_target_run_and_evaluate_is_student_only(tmp_path):
+    """Teacher run with validation (SpeechBrain checkpoints keyed by ERR) -> target run picking the best one
+    from the save folder -> evaluate() on the student alone."""
+    valid = make_dataset(n_items=8, seed=1)
+    teacher_brain = make_brain(tmp_path / "teacher", student=ToyNet("attention"), epochs=3)
+    fit(teacher_brain, valid=valid)
+    checkpoints = teacher_brain.checkpointer.list_checkpoints()
+    best = min((c for c in checkpoints if "ERR" in c.meta), key=lambda c: c.meta["ERR"])
+    teacher = ToyNet("attention")
+    calls = count_calls(teacher)
+    brain = make_brain(
+        tmp_path / "student",
+        guidance_mode="target",
+        teacher_net=teacher,
+        teacher_path=str(tmp_path / "teacher"),
+        teacher_min_key="ERR",
+        epochs=1,
+    )
+    fit(brain, valid=valid)
+    assert_same_params(params_of(teacher), torch.load(best.paramfiles["student"]))
+    assert len(calls) == STEPS_PER_EPOCH  # train steps only: VALID runs the student alone
+    brain.evaluate(valid, min_key="ERR", test_loader_kwargs={"batch_size": 4})
+    assert len(calls) == STEPS_PER_EPOCH
+    assert 0.0 <= brain.last_stats["ERR"] <= 1.0
+
+
 # --- resume ---------------------------------------------------------------------------------------
 
 
@@ -383,3 +412,29 @@ def test_bf16_autocast_trajectory_runs(tmp_path):
     fit(brain)
     assert brain.optimizer_step == STEPS_PER_EPOCH
     assert all(torch.isfinite(p).all() for p in brain.guidance.teacher.net.parameters())
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_stay_in_sync(tmp_path):
+    """torchrun, 2 CPU ranks (gloo): student (DDP-wrapped) and joint teacher (gradients all-reduced by
+    CALDBrain) end identical on both ranks; snapshots are written once."""
+    toy = Path(__file__).with_name("toy_task.py")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(toy),
+        str(tmp_path),
+    ]
+    subprocess.run(cmd, check=True, timeout=300, cwd=toy.parent)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2 * 3  # 12 items per rank, batch 2, accumulation 2
+    for net in ("student", "teacher"):
+        assert_same_params(ranks[0][net], ranks[1][net])
+    assert sorted(p.name for p in (tmp_path / "save" / "snapshots").iterdir()) == [
+        "step_2.ckpt",
+        "step_4.ckpt",
+        "step_6.ckpt",
+    ]

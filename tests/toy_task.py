@@ -2,6 +2,7 @@
 a 'transformer' teacher (softmax attention mixer) and a 'linear' student (causal cumulative-mean mixer) of the
 same depth and width, both returning ModelOutputs. Runs on CPU in milliseconds per step; no download."""
 
+import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from speechbrain.dataio.dataset import DynamicItemDataset
@@ -92,7 +93,8 @@ def make_dataset(n_items: int = 24, max_len: int = 10, seed: int = 0) -> Dynamic
 
 
 class ToyBrain(CALDBrain):
-    """The recipe side: forward_model and task_loss (masked per-frame cross-entropy)."""
+    """The recipe side: forward_model, task_loss (masked per-frame cross-entropy), a frame error rate metric,
+    and SpeechBrain-style checkpoints at VALID keyed by that error rate (`ERR`)."""
 
     def forward_model(self, model, batch, stage) -> ModelOutputs:
         x, rel_lengths = batch.x
@@ -102,6 +104,24 @@ class ToyBrain(CALDBrain):
     def task_loss(self, outputs, batch, stage) -> torch.Tensor:
         per_frame = F.cross_entropy(outputs.logits.transpose(1, 2), batch.y.data, reduction="none")
         return per_frame[outputs.mask].mean()
+
+    def update_metrics(self, outputs, batch, stage) -> None:
+        wrong = (outputs.logits.argmax(dim=-1) != batch.y.data)[outputs.mask]
+        self.errors += int(wrong.sum())
+        self.frames += wrong.numel()
+
+    def on_stage_start(self, stage, epoch=None) -> None:
+        self.errors, self.frames = 0, 0
+
+    def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
+        stats = self.stage_stats(stage, stage_loss)
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        stats["ERR"] = self.errors / self.frames
+        self.last_stats = stats
+        if stage == sb.Stage.VALID:
+            self.checkpointer.save_and_keep_only(meta={"ERR": stats["ERR"]}, min_keys=["ERR"], num_to_keep=5)
 
 
 def toy_hparams(save_folder, **overrides) -> dict:
@@ -129,10 +149,51 @@ def make_brain(save_folder, student=None, brain_class=ToyBrain, run_opts=None, s
     )
 
 
-def fit(brain: CALDBrain, dataset=None, batch_size: int = 4, shuffle: bool = True) -> None:
+def fit(brain: CALDBrain, dataset=None, batch_size: int = 4, shuffle: bool = True, valid=None) -> None:
     dataset = dataset if dataset is not None else make_dataset()
     brain.fit(
         brain.hparams.epoch_counter,
         dataset,
+        valid,
         train_loader_kwargs={"batch_size": batch_size, "shuffle": shuffle},
+        valid_loader_kwargs={"batch_size": batch_size},
     )
+
+
+def ddp_trajectory_run(folder: str) -> None:
+    """Entry point for `torchrun --nproc_per_node=2 tests/toy_task.py FOLDER` (gloo, CPU): a trajectory run
+    with gradient accumulation and snapshots; each rank saves its student and teacher to FOLDER/rank<R>.pt."""
+    run_opts = {
+        "device": "cpu",
+        "noprogressbar": True,
+        "distributed_backend": "gloo",
+        "grad_accumulation_factor": 2,
+    }
+    sb.utils.distributed.ddp_init_group(run_opts)
+    torch.manual_seed(1)
+    teacher = ToyNet("attention")
+    brain = make_brain(
+        f"{folder}/save",
+        run_opts=run_opts,
+        guidance_mode="trajectory",
+        teacher_net=teacher,
+        teacher_opt_class=lambda params: torch.optim.Adam(params, lr=1e-3),
+        teacher_update_cycle=2,
+        snapshot_every_steps=2,
+    )
+    fit(brain, batch_size=2)
+    rank = torch.distributed.get_rank()
+    torch.save(
+        {
+            "student": brain.student.state_dict(),
+            "teacher": teacher.state_dict(),
+            "steps": brain.optimizer_step,
+        },
+        f"{folder}/rank{rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    ddp_trajectory_run(sys.argv[1])
