@@ -352,6 +352,13 @@ class CALDBrain(sb.Brain):
         if self.snapshot_every_steps > 0 and self.optimizer_step % self.snapshot_every_steps == 0:
             self._save_snapshot()
 
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """SpeechBrain's intra-epoch checkpoint decision, deferred to the end of an accumulation window: the
+        gradients accumulated inside a window are not checkpointed, so resuming there would be inexact."""
+        if self.step % self.grad_accumulation_factor != 0:
+            return False
+        return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
+
     def _all_ranks_agree(self, flag: bool) -> bool:
         """True only if `flag` is True on every rank (so every rank skips the same steps)."""
         if not (dist.is_available() and dist.is_initialized()):

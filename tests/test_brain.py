@@ -255,22 +255,29 @@ def trajectory_keys() -> dict:
     )
 
 
-def run_killed_and_resumed(folder, keys_fn, kill_at: int) -> ToyBrain:
-    opts = {"ckpt_interval_steps": 2}
+def run_killed_and_resumed(folder, keys_fn, kill_at: int, opts: dict, batch_size: int = 4) -> ToyBrain:
     brain = make_brain(folder, brain_class=KillingBrain, run_opts=opts, **keys_fn())
     brain.kill_at = kill_at
     with pytest.raises(KilledRun):
-        fit(brain)
+        fit(brain, batch_size=batch_size)
     resumed = make_brain(folder, run_opts=opts, **keys_fn())
-    fit(resumed)
+    fit(resumed, batch_size=batch_size)
     return resumed
 
 
-@pytest.mark.parametrize("kill_at", [5, 9])  # mid epoch 1, mid epoch 2 (6 micro-batches per epoch)
-def test_trajectory_kill_and_resume_matches_uninterrupted(tmp_path, kill_at):
-    reference = make_brain(tmp_path / "ref", run_opts={"ckpt_interval_steps": 2}, **trajectory_keys())
-    fit(reference)
-    resumed = run_killed_and_resumed(tmp_path / "killed", trajectory_keys, kill_at)
+@pytest.mark.parametrize(
+    ("kill_at", "accumulation", "interval"),
+    [
+        (5, 1, 2),  # mid epoch 1 (6 micro-batches per epoch)
+        (9, 1, 2),  # mid epoch 2
+        (8, 2, 1),  # 12 micro-batches of 2 per epoch: a save after micro-batch 7 (mid-window) is deferred
+    ],
+)
+def test_trajectory_kill_and_resume_matches_uninterrupted(tmp_path, kill_at, accumulation, interval):
+    opts = {"ckpt_interval_steps": interval, "grad_accumulation_factor": accumulation}
+    reference = make_brain(tmp_path / "ref", run_opts=opts, **trajectory_keys())
+    fit(reference, batch_size=4 // accumulation)
+    resumed = run_killed_and_resumed(tmp_path / "killed", trajectory_keys, kill_at, opts, 4 // accumulation)
     assert resumed.optimizer_step == reference.optimizer_step == 2 * STEPS_PER_EPOCH
     assert_same_params(params_of(resumed.student), params_of(reference.student))
     ref_teacher, res_teacher = reference.guidance.teacher, resumed.guidance.teacher
@@ -292,7 +299,7 @@ def test_waypoint_kill_and_resume_matches_uninterrupted(tmp_path, teacher_run):
 
     reference = make_brain(tmp_path / "ref", **keys())
     fit(reference)
-    resumed = run_killed_and_resumed(tmp_path / "killed", keys, kill_at=8)
+    resumed = run_killed_and_resumed(tmp_path / "killed", keys, kill_at=8, opts={"ckpt_interval_steps": 2})
     assert resumed.optimizer_step == reference.optimizer_step
     assert_same_params(params_of(resumed.student), params_of(reference.student))
     assert resumed.guidance.teacher.current == 12
