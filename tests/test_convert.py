@@ -56,6 +56,8 @@ TEXT = dict(
     max_position_embeddings=64,
 )
 MAMBA2 = dict(d_state=8, headdim=16, chunk_size=8)  # tiny, and several chunks on 18 frames
+# wav2vec2-large-lv60 style: layer-norm feature encoder (padding invariant), pre-LN encoder layers
+LV60 = dict(vocab_size=12, feat_extract_norm="layer", do_stable_layer_norm=True, **AUDIO)
 
 # Replaced-module prefixes per family, written from the transformers sources (not from the adapters).
 AUDIO_ATTENTION = r"(^|\.)encoder\.layers\.\d+\.attention\."
@@ -73,7 +75,7 @@ class Case:
 
     @property
     def audio(self) -> bool:
-        return "input_values" == self.model_class.main_input_name
+        return self.model_class.main_input_name == "input_values"
 
 
 CASES = {
@@ -82,7 +84,7 @@ CASES = {
     ),
     "wav2vec2-stable-linformer": Case(
         Wav2Vec2ForCTC,
-        Wav2Vec2Config(vocab_size=12, feat_extract_norm="layer", do_stable_layer_norm=True, **AUDIO),
+        Wav2Vec2Config(**LV60),
         "linformer",
         AUDIO_ATTENTION,
         dict(k=8, max_len=64),
@@ -305,7 +307,7 @@ def assert_padding_invariant(model, padded: dict, items: list[dict], valid: list
 
 def test_padding_invariance_wav2vec2_bimamba2(tmp_path):
     """Layer-norm feature encoder (wav2vec2-large-lv60 style): the whole student is padding invariant."""
-    case = CASES["wav2vec2-stable-linformer"]
+    case = Case(Wav2Vec2ForCTC, Wav2Vec2Config(**LV60), "bimamba2", AUDIO_ATTENTION, MAMBA2)
     student = load_and_convert(save_teacher(case, tmp_path), "bimamba2", model_class=Wav2Vec2ForCTC, **MAMBA2)
     base = student.wav2vec2.eval()
     inputs = batch(case, lengths=(400, 250))
