@@ -132,6 +132,19 @@ def save_teacher(case: Case, folder) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """saved(name): the folder of CASES[name]'s teacher, saved once per module."""
+    folders = {}
+
+    def folder(name: str) -> str:
+        if name not in folders:
+            folders[name] = save_teacher(CASES[name], tmp_path_factory.mktemp(name))
+        return folders[name]
+
+    return folder
+
+
 def batch(case: Case, lengths=(400, 250)) -> dict:
     """A right-padded batch: waveforms (samples) for audio, token ids for text, with its attention_mask."""
     torch.manual_seed(1)
@@ -149,9 +162,9 @@ def hidden_states(model, inputs) -> tuple[torch.Tensor, ...]:
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_convert_keeps_everything_but_attention(name, tmp_path, caplog):
+def test_convert_keeps_everything_but_attention(name, saved, caplog):
     case = CASES[name]
-    folder = save_teacher(case, tmp_path / "teacher")
+    folder = saved(name)
     teacher = case.model_class.from_pretrained(folder).eval()
     model = case.model_class.from_pretrained(folder)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -204,9 +217,9 @@ def test_convert_keeps_everything_but_attention(name, tmp_path, caplog):
     "name, extra",
     [("wav2vec2-bimamba2", {}), ("roberta-linformer", dict(share="layer")), ("gpt_neox-mamba", {})],
 )
-def test_save_and_load_student_round_trip(name, extra, tmp_path):
+def test_save_and_load_student_round_trip(name, extra, saved, tmp_path):
     case = CASES[name]
-    folder = save_teacher(case, tmp_path / "teacher")
+    folder = saved(name)
     student = load_and_convert(
         folder, case.mixer, model_class=case.model_class, **case.kwargs, **extra
     ).eval()
@@ -222,9 +235,9 @@ def test_save_and_load_student_round_trip(name, extra, tmp_path):
     assert again.state_dict().keys() == student.state_dict().keys()
 
 
-def test_init_attention_bimamba2_copies_v_k_q_o(tmp_path):
+def test_init_attention_bimamba2_copies_v_k_q_o(saved):
     case = CASES["wav2vec2-bimamba2"]
-    teacher = case.model_class.from_pretrained(save_teacher(case, tmp_path))
+    teacher = case.model_class.from_pretrained(saved("wav2vec2-bimamba2"))
     attention = teacher.wav2vec2.encoder.layers[1].attention
     q, k, v, o = (getattr(attention, n).weight.clone() for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
     convert(teacher, "bimamba2", init="attention", **case.kwargs)
@@ -239,9 +252,9 @@ def test_init_attention_bimamba2_copies_v_k_q_o(tmp_path):
     assert teacher.cald_parameter_count.copied == 2 * 2 * (32 * 32 + 2 * 8 * 32 + 32 * 32)
 
 
-def test_init_random_copies_nothing_into_mamba(tmp_path):
+def test_init_random_copies_nothing_into_mamba(saved):
     case = CASES["wav2vec2-bimamba2"]
-    teacher = case.model_class.from_pretrained(save_teacher(case, tmp_path))
+    teacher = case.model_class.from_pretrained(saved("wav2vec2-bimamba2"))
     v = teacher.wav2vec2.encoder.layers[0].attention.v_proj.weight.clone()
     convert(teacher, "bimamba2", **case.kwargs)
     assert not torch.equal(
@@ -250,10 +263,10 @@ def test_init_random_copies_nothing_into_mamba(tmp_path):
     assert teacher.cald_parameter_count.copied == 0
 
 
-def test_init_attention_bert_mamba2_uses_identity_out_proj(tmp_path):
+def test_init_attention_bert_mamba2_uses_identity_out_proj(saved):
     """BERT's output dense stays outside the replaced module, so out_proj starts as the identity."""
     case = CASES["bert-bimamba2"]
-    teacher = case.model_class.from_pretrained(save_teacher(case, tmp_path))
+    teacher = case.model_class.from_pretrained(saved("bert-bimamba2"))
     value = teacher.bert.encoder.layer[0].attention.self.value
     v, bv = value.weight.clone(), value.bias.clone()
     convert(teacher, "bimamba2", init="attention", bias=True, **case.kwargs)
@@ -262,10 +275,10 @@ def test_init_attention_bert_mamba2_uses_identity_out_proj(tmp_path):
     assert torch.equal(mamba.out_proj.weight, torch.eye(32) / 2)
 
 
-def test_init_attention_mamba_deinterleaves_gpt_neox_qkv(tmp_path):
+def test_init_attention_mamba_deinterleaves_gpt_neox_qkv(saved):
     """x rows <- W_v and out_proj <- dense, checked through GPT-NeoX's own head-interleaved qkv layout."""
     case = CASES["gpt_neox-mamba"]
-    teacher = case.model_class.from_pretrained(save_teacher(case, tmp_path))
+    teacher = case.model_class.from_pretrained(saved("gpt_neox-mamba"))
     attention = teacher.gpt_neox.layers[0].attention
     h = torch.randn(3, 32)
     qkv = torch.nn.functional.linear(h, attention.query_key_value.weight)  # no bias: compare weights only
@@ -278,9 +291,9 @@ def test_init_attention_mamba_deinterleaves_gpt_neox_qkv(tmp_path):
 
 
 @pytest.mark.parametrize("init", ["random", "attention"])
-def test_linformer_keeps_q_k_v_o(tmp_path, init):
+def test_linformer_keeps_q_k_v_o(saved, init):
     case = CASES["wav2vec2-stable-linformer"]
-    teacher = case.model_class.from_pretrained(save_teacher(case, tmp_path))
+    teacher = case.model_class.from_pretrained(saved("wav2vec2-stable-linformer"))
     attention = teacher.wav2vec2.encoder.layers[0].attention
     names = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
     saved = {
@@ -319,11 +332,11 @@ def test_padding_invariance_wav2vec2_bimamba2(tmp_path):
         assert not torch.allclose(leaked, base(**items[1]).last_hidden_state[0], atol=1e-3)
 
 
-def test_group_norm_wav2vec2_mask_reaches_mixers(tmp_path):
+def test_group_norm_wav2vec2_mask_reaches_mixers(saved):
     """wav2vec2-base style (feat_extract_norm="group"): its processor returns no attention_mask, but the
     caller passes one and every mixer receives the frame mask; the encoder is then padding invariant."""
     case = CASES["wav2vec2-bimamba2"]
-    student = load_and_convert(save_teacher(case, tmp_path), model_class=Wav2Vec2ForCTC, **MAMBA2).eval()
+    student = load_and_convert(saved("wav2vec2-bimamba2"), model_class=Wav2Vec2ForCTC, **MAMBA2).eval()
     inputs = batch(case)
     seen = []
     for layer in student.wav2vec2.encoder.layers:
@@ -342,11 +355,9 @@ def test_group_norm_wav2vec2_mask_reaches_mixers(tmp_path):
     assert_padding_invariant(student.wav2vec2.encoder, padded, items, [18, 11])
 
 
-def test_padding_invariance_roberta_linformer(tmp_path):
+def test_padding_invariance_roberta_linformer(saved):
     case = CASES["roberta-linformer"]
-    student = load_and_convert(
-        save_teacher(case, tmp_path), model_class=RobertaForSequenceClassification, k=8
-    )
+    student = load_and_convert(saved("roberta-linformer"), model_class=RobertaForSequenceClassification, k=8)
     base = student.roberta.eval()
     inputs = batch(case)
     items = [{"input_ids": inputs["input_ids"][i : i + 1, :n]} for i, n in enumerate((12, 7))]
@@ -380,18 +391,18 @@ def test_activation_checkpointing_keeps_the_padding_mask(tmp_path):
         torch.testing.assert_close(checkpointed[key], grad, rtol=1e-5, atol=1e-7)
 
 
-def test_wavlm_position_bias_path_is_gone_and_model_runs(tmp_path):
+def test_wavlm_position_bias_path_is_gone_and_model_runs(saved):
     case = CASES["wavlm-bimamba2"]
-    student = load_and_convert(save_teacher(case, tmp_path), model_class=WavLMModel, **MAMBA2).eval()
+    student = load_and_convert(saved("wavlm-bimamba2"), model_class=WavLMModel, **MAMBA2).eval()
     assert not any("rel_attn_embed" in k or "gru_rel_pos" in k for k in student.state_dict())
     with torch.no_grad():
         out = student(**batch(case), output_hidden_states=True)
     assert len(out.hidden_states) == 3 and torch.isfinite(out.last_hidden_state).all()
 
 
-def test_causal_lm_student_refuses_kv_cache(tmp_path):
+def test_causal_lm_student_refuses_kv_cache(saved):
     case = CASES["gpt_neox-mamba"]
-    student = load_and_convert(save_teacher(case, tmp_path), model_class=GPTNeoXForCausalLM, d_state=8).eval()
+    student = load_and_convert(saved("gpt_neox-mamba"), model_class=GPTNeoXForCausalLM, d_state=8).eval()
     assert student.config.use_cache is False
     ids = batch(case)["input_ids"]
     assert student(ids).logits.shape == (2, 12, 100)
@@ -399,15 +410,15 @@ def test_causal_lm_student_refuses_kv_cache(tmp_path):
         student(ids, use_cache=True)
 
 
-def test_student_refuses_a_4d_mask_after_attn_implementation_change(tmp_path):
+def test_student_refuses_a_4d_mask_after_attn_implementation_change(saved):
     case = CASES["roberta-linformer"]
-    student = load_and_convert(save_teacher(case, tmp_path), model_class=case.model_class, k=8)
+    student = load_and_convert(saved("roberta-linformer"), model_class=case.model_class, k=8)
     student.config._attn_implementation = "eager"
     with pytest.raises(ValueError, match="2-D padding mask"):
         student(**batch(case))
 
 
-def test_errors(tmp_path):
+def test_errors(saved, tmp_path):
     gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="gpt2") as err:
         convert(gpt2)
@@ -445,6 +456,6 @@ def test_errors(tmp_path):
         load_and_convert(missing, "bimamba2")
     with pytest.raises(FileNotFoundError, match="student"):
         load_student(tmp_path / "student")
-    folder = save_teacher(CASES["hubert-bimamba2"], tmp_path / "teacher")
+    folder = saved("hubert-bimamba2")
     with pytest.raises(ValueError, match="not a converted student"):
         load_student(folder)
