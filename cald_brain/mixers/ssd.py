@@ -5,16 +5,16 @@ The recurrence, per batch item b, head h and step t (state S of shape (headdim, 
     S_t = exp(dt_t * A_h) * S_{t-1} + dt_t * x_t ⊗ B_t        y_t = S_t · C_t + D_h * x_t
 
 `ssd_chunked` computes it in chunks of `chunk_size` steps (Dao & Gu 2024, section 6): inside a chunk as a
-masked "attention" (C·Bᵀ ∘ decay) @ (dt·x); between chunks through one state per chunk, carried by an O(chunks)
-loop. Every heavy step is a batched GEMM. `ssd_reference` is the plain step-by-step loop, kept as a test
-oracle. Shapes follow `mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined`:
+masked "attention" (C·Bᵀ ∘ decay) @ (dt·x); between chunks through one state per chunk, carried by an
+O(chunks) loop. Every heavy step is a batched GEMM. `ssd_reference` is the plain step-by-step loop, kept as
+a test oracle. Shapes follow `mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined`:
 
     x (batch, length, nheads, headdim)   dt (batch, length, nheads)   A (nheads,)
     B, C (batch, length, ngroups, dstate)   D (nheads,) or (nheads, headdim)
     initial_state / final state (batch, nheads, headdim, dstate)
 
 Unlike the kernel, `dt` here is the final step size (softplus, bias and limits already applied by the caller).
-`A` may also be (batch, 1, nheads), which lets one call scan several modules' batches stacked together.
+`A` may also be (batch, nheads): one call can then scan the batches of several modules stacked together.
 """
 
 import torch
@@ -31,16 +31,20 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def segsum_exp(dA: torch.Tensor) -> torch.Tensor:
-    """(..., Q) log-decays -> (..., Q, Q) with [i, j] = exp(dA[j+1] + ... + dA[i]) for i >= j, else 0.
+    """(..., Q) log-decays -> (..., Q, Q) with [j, i] = exp(dA[j+1] + ... + dA[i]) for i >= j, else 0.
 
-    Built from a masked cumulative sum rather than a difference of cumsums (no cancellation), and masked with
-    -inf before the exp, so neither the output nor its gradient ever sees inf * 0.
+    Note the orientation: row j is the source step, column i the target step, so that both the cumulative
+    sum and the exp run along the contiguous last axis (twice as fast on CPU as along rows). The sums are
+    masked cumulative sums, not differences of one cumsum (no cancellation), and the -inf mask is applied
+    before the exp, so neither the output nor its gradient ever meets inf * 0. In-place steps are ones
+    autograd allows (cumsum and add do not save their output; exp saves its own result).
     """
     size = dA.shape[-1]
-    ones = torch.ones(size, size, dtype=torch.bool, device=dA.device)
-    below = torch.tril(ones, diagonal=-1)
-    sums = torch.where(below, dA.unsqueeze(-1), 0.0).cumsum(dim=-2)
-    return sums.masked_fill(~torch.tril(ones), float("-inf")).exp()
+    after = torch.ones(size, size, dtype=torch.bool, device=dA.device).triu(diagonal=1)  # [j, k]: k > j
+    sums = dA.unsqueeze(-2) * after.to(dA.dtype)  # [j, k] = dA[k] for k > j
+    sums.cumsum_(dim=-1)  # [j, i] = dA[j+1] + ... + dA[i], exactly 0 for i <= j
+    before = torch.zeros(size, size, dtype=dA.dtype, device=dA.device).masked_fill_(after.T, float("-inf"))
+    return sums.add_(before).exp_()
 
 
 def _check_shapes(x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
@@ -54,11 +58,16 @@ def _check_shapes(x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.T
         )
 
 
+def _pad_steps(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zero-pad the step axis (dim 1) of t at the end (no copy when pad is 0)."""
+    return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
+
+
 def _add_skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
     """y + D * x, with D (nheads,) or (nheads, headdim)."""
     if D is None:
         return y
-    return y + x * (D.unsqueeze(-1) if D.dim() == 1 else D).to(y.dtype)
+    return torch.addcmul(y, x, (D.unsqueeze(-1) if D.dim() == 1 else D).to(y.dtype))
 
 
 def ssd_chunked(
@@ -72,71 +81,68 @@ def ssd_chunked(
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Chunked SSD scan; returns y (like x), and the final state too if `return_final_state`.
+    """Chunked SSD scan; returns y (like x), and the final state (float32) too if `return_final_state`.
 
-    Any length works: the tail is zero-padded to a chunk multiple, which is exact (dt = 0 means no decay and no
-    input), final state included. dt, dA and their cumsums are float32 (float64 for float64 inputs).
+    Any length works: the tail is zero-padded to a chunk multiple, which is exact (dt = 0 means no decay and
+    no input), final state included. dt, dA and their cumsums are float32 (float64 for float64 inputs).
+    Everything that does not depend on the carried state is computed for all chunks at once; the loop over
+    chunks holds just three ops (two small GEMMs and one multiply-add), which keeps the scan fast when CPU
+    threads are contended.
     """
     _check_shapes(x, dt, B, C)
     batch, length, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     heads_per_group = nheads // ngroups
-    dtype = _compute_dtype(x)
+    out_dtype, dtype = x.dtype, _compute_dtype(x)
     nchunks = -(-length // chunk_size)
     pad = nchunks * chunk_size - length
 
-    dt = dt.to(dtype)
-    dA = dt * A.to(dtype)
-    x_dt = x.to(dtype) * dt.unsqueeze(-1)
-    B, C = B.to(dtype), C.to(dtype)
-    if pad:
-        dA, x_dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (dA, x_dt, B, C))
+    # Decays, (b, c, h, q[, q]) with c = chunk and q = step inside the chunk.
+    dt = _pad_steps(dt.to(dtype), pad).view(batch, nchunks, chunk_size, nheads).transpose(2, 3)
+    dA = dt * A.to(dtype).reshape(-1, 1, nheads, 1)
+    decay = segsum_exp(dA)  # [j, i]: from step j (exclusive) to step i (inclusive)
+    decay_in = dA.cumsum(dim=-1).exp()  # from the chunk start to step i (inclusive)
+    decay_chunk = decay_in[..., -1, None, None].unbind(1)  # per chunk (b, h, 1, 1): across the whole chunk
 
-    # Chunked views: c = chunk index, q = position inside the chunk.
-    x_dt = x_dt.view(batch, nchunks, chunk_size, ngroups, heads_per_group * headdim)
+    x, B, C = (_pad_steps(t.to(dtype), pad) for t in (x, B, C))
+    x = x.view(batch, nchunks, chunk_size, nheads, headdim)
     B = B.view(batch, nchunks, chunk_size, ngroups, dstate).transpose(2, 3)  # (b, c, g, q, n)
-    C = C.view(batch, nchunks, chunk_size, ngroups, dstate).transpose(2, 3)  # (b, c, g, q, n)
-    dA = dA.view(batch, nchunks, chunk_size, nheads).transpose(2, 3)  # (b, c, h, q)
-    decay = segsum_exp(dA)  # (b, c, h, q, q): decay from step j (exclusive) to step i (inclusive)
-    decay_in = dA.cumsum(dim=-1).exp()  # (b, c, h, q): from the chunk start to step i
-    decay_out = decay[..., -1, :]  # (b, c, h, q): from step j to the chunk end
-    decay_chunk = decay_in[..., -1]  # (b, c, h): across the whole chunk
+    C = C.view(batch, nchunks, chunk_size, ngroups, dstate).transpose(2, 3)
 
-    # 1. Inside each chunk: y_diag[i] = sum_j (C_i . B_j) * decay[i, j] * dt_j x_j.
-    scores = C @ B.transpose(-1, -2)  # (b, c, g, q, q)
-    scores = scores.unsqueeze(3) * decay.view(batch, nchunks, ngroups, heads_per_group, chunk_size, chunk_size)
-    x_heads = x_dt.view(batch, nchunks, chunk_size, nheads, headdim).transpose(2, 3)  # (b, c, h, q, p)
-    y_diag = scores.view(batch, nchunks, nheads, chunk_size, chunk_size) @ x_heads  # (b, c, h, q, p)
+    # 1. Inside each chunk, a masked "attention": y[i] = sum_j (C_i . B_j) decay[j, i] dt[j] x[j] (+ D x[i]).
+    #    The scores are kept as [source j, target i] and used transposed by the GEMM.
+    scores = (B @ C.transpose(-1, -2)).unsqueeze(3)  # (b, c, g, 1, q, q)
+    weight_in = decay * dt.unsqueeze(-1)  # decay[j, i] dt[j]
+    scores = scores * weight_in.unflatten(2, (ngroups, heads_per_group))
+    scores = scores.flatten(2, 3)  # (b, c, h, q, q)
+    skip_on_diagonal = D is not None and D.dim() == 1
+    if skip_on_diagonal:
+        scores.diagonal(dim1=-2, dim2=-1).add_(D.to(dtype).unsqueeze(-1))
+    y_diag = scores.transpose(-1, -2) @ x.transpose(2, 3)  # (b, c, h, q, p)
 
-    # 2. State contributed by each chunk alone: sum_j decay_out[j] * dt_j x_j ⊗ B_j.
-    x_out = x_heads * decay_out.unsqueeze(-1)  # (b, c, h, q, p)
-    x_out = x_out.view(batch, nchunks, ngroups, heads_per_group, chunk_size, headdim)
-    x_out = x_out.transpose(3, 4).reshape(batch, nchunks, ngroups, chunk_size, heads_per_group * headdim)
-    chunk_states = x_out.transpose(-1, -2) @ B  # (b, c, g, hg * p, n)
-    chunk_states = chunk_states.view(batch, nchunks, nheads, headdim, dstate)
-
-    # 3. State entering each chunk: O(nchunks) recurrence. unbind + stack keeps the backward linear in the
-    #    number of chunks (indexing or writing into a buffer here makes it quadratic).
-    state = (
-        torch.zeros_like(chunk_states[:, 0])
-        if initial_state is None
-        else initial_state.to(dtype).expand(batch, nheads, headdim, dstate)
-    )
-    entering = []
-    for local, chunk_decay in zip(chunk_states.unbind(1), decay_chunk.unbind(1), strict=True):
-        entering.append(state)
-        state = torch.addcmul(local, state, chunk_decay[..., None, None])
-    states_in = torch.stack(entering, dim=1)  # (b, c, h, p, n)
-
-    # 4. Contribution of the entering state: y_off[i] = decay_in[i] * C_i . S_in.
-    states_in = states_in.view(batch, nchunks, ngroups, heads_per_group * headdim, dstate)
-    y_off = C @ states_in.transpose(-1, -2)  # (b, c, g, q, hg * p)
-    y_off = y_off.view(batch, nchunks, ngroups, chunk_size, heads_per_group, headdim).transpose(2, 3)
-    y_off = y_off.reshape(batch, nchunks, chunk_size, nheads, headdim)
-    y = torch.addcmul(y_diag.transpose(2, 3), y_off, decay_in.transpose(2, 3).unsqueeze(-1))
-    y = y.reshape(batch, nchunks * chunk_size, nheads, headdim)[:, :length]
-    y = _add_skip(y, x.to(dtype), D).to(x.dtype)
-    return (y, state.to(x.dtype)) if return_final_state else y
+    # 2. State carried across chunks: S <- decay_chunk S + sum_j decay[j, end] dt[j] x[j] ⊗ B[j], and each
+    #    chunk reads the state entering it: y[i] += decay_in[i] C_i . S. unbind + stack (never indexing or
+    #    writing into a buffer in the loop) keeps the backward pass linear in the number of chunks.
+    weight_out = (decay[..., -1] * dt).transpose(2, 3).unsqueeze(-1)  # (b, c, q, h, 1)
+    x_out = (x * weight_out).view(batch, nchunks, chunk_size, ngroups, heads_per_group * headdim)
+    state = x.new_zeros(batch, nheads, headdim, dstate) if initial_state is None else initial_state.to(dtype)
+    state = state.expand(batch, nheads, headdim, dstate)
+    grouped = (batch, ngroups, heads_per_group * headdim, dstate)
+    y_off = []
+    for x_k, B_k, C_k, decay_k in zip(
+        x_out.permute(0, 1, 3, 4, 2).unbind(1), B.unbind(1), C.unbind(1), decay_chunk, strict=True
+    ):
+        y_off.append(C_k @ state.reshape(grouped).transpose(-1, -2))  # (b, g, q, hg * p)
+        state = torch.addcmul((x_k @ B_k).view_as(state), state, decay_k)
+    y_off = torch.stack(y_off, dim=1).unflatten(-1, (heads_per_group, headdim)).transpose(2, 3)
+    y = torch.addcmul(
+        y_diag.transpose(2, 3), y_off.flatten(3, 4), decay_in.transpose(2, 3).unsqueeze(-1)
+    )  # (b, c, q, h, p)
+    y = y.flatten(1, 2)[:, :length]
+    if not skip_on_diagonal:
+        y = _add_skip(y, x.flatten(1, 2)[:, :length], D)
+    y = y.to(out_dtype)
+    return (y, state) if return_final_state else y
 
 
 def ssd_reference(
@@ -155,7 +161,7 @@ def ssd_reference(
     heads_per_group = nheads // B.shape[2]
     dtype = _compute_dtype(x)
     dt = dt.to(dtype)
-    decay = torch.exp(dt * A.to(dtype))  # (b, l, h)
+    decay = torch.exp(dt * A.to(dtype).reshape(-1, 1, nheads))  # (b, l, h)
     B = B.to(dtype).repeat_interleave(heads_per_group, dim=2)  # (b, l, h, n)
     C = C.to(dtype).repeat_interleave(heads_per_group, dim=2)
     xf = x.to(dtype)
@@ -170,4 +176,4 @@ def ssd_reference(
         state = decay[:, t, :, None, None] * state + inject
         ys.append((state * C[:, t].unsqueeze(-2)).sum(-1))
     y = _add_skip(torch.stack(ys, dim=1), xf, D).to(x.dtype)
-    return (y, state.to(x.dtype)) if return_final_state else y
+    return (y, state) if return_final_state else y
