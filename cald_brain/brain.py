@@ -231,10 +231,10 @@ class CALDBrain(sb.Brain):
             )
         self.student.load_state_dict(shared, strict=False)
         kept = sorted(set(own) - set(shared))
+        examples = f" (e.g. {', '.join(kept[:3])})" if kept else ""
         logger.info(
             f"Student initialised from {self.guidance.teacher.source}: "
-            f"{len(shared)}/{len(own)} tensors copied; "
-            f"{len(kept)} kept from the source/conversion (e.g. {', '.join(kept[:3])})"
+            f"{len(shared)}/{len(own)} tensors copied; {len(kept)} kept from the source/conversion{examples}"
         )
 
     # --- train step -----------------------------------------------------------------------------------------

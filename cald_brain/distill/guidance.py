@@ -194,7 +194,7 @@ class Guidance:
         if self._distilling(step) or self.teacher.trainable:
             self.teacher.start(step)
         else:
-            self._release()
+            self._release(step)
         self._check_recovered_waypoint()
 
     def _check_recovered_waypoint(self) -> None:
@@ -223,9 +223,8 @@ class Guidance:
         cfg = self.config
         self.last_step = step
         if not self._distilling(step):
-            if self.teacher is not None and not self.teacher.trainable and not self.released:
-                logger.info(f"Hybrid guidance: distillation off from optimizer step {step}; teacher freed")
-                self._release()
+            if self.teacher is not None and not self.teacher.trainable:
+                self._release(step)
             return StepPlan(None, cfg.alpha_task, 0.0, 0.0)
         update = self.teacher.trainable and self.teacher.updates_at(step)
         distill = cfg.alpha_kd > 0 or cfg.alpha_ld > 0
@@ -234,10 +233,11 @@ class Guidance:
         self.teacher.prepare(step)
         return StepPlan(self.teacher, cfg.alpha_task, cfg.alpha_kd, cfg.alpha_ld, update)
 
-    def _release(self) -> None:
+    def _release(self, step: int) -> None:
         if not self.released:
             self.teacher.release()
             self.released = True
+            logger.info(f"Hybrid guidance: distillation off from optimizer step {step}; teacher freed")
 
     def _waypoint(self) -> int | None:
         return getattr(self.teacher, "current", None)
