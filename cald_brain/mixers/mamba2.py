@@ -1,0 +1,208 @@
+"""Mamba2 mixer with the parameters of `mamba_ssm.modules.mamba2.Mamba2` and a fast pure-PyTorch CPU path.
+
+Constructor arguments, defaults, parameter names, shapes and initialisation follow mamba_ssm (2.x), so a state
+dict moves between the two (and Hugging Face's `Mamba2Mixer`) without renaming. On CUDA tensors, when
+mamba_ssm and causal_conv1d import, the forward pass runs their kernels; everywhere else it runs
+`cald_brain.mixers.ssd.ssd_chunked`, which agrees with them to float32 rounding.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import use_cuda_kernels
+from .ssd import CPU_CHUNK_SIZE, ssd_chunked
+
+
+def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Causal depthwise convolution of (batch, length, channels) with weight (channels, 1, width).
+
+    Computed in the channels-last layout as `width` shifted multiply-adds: on CPU this is about twice as fast
+    as `F.conv1d` on the transposed input, and it needs no transposes or padding copies.
+    """
+    width = weight.shape[-1]
+    taps = weight.squeeze(1).unbind(-1)  # tap k multiplies x[t - (width - 1 - k)]
+    out = torch.addcmul(bias, x, taps[-1]) if bias is not None else x * taps[-1]
+    for shift in range(1, min(width, x.shape[1])):
+        out[:, shift:].addcmul_(x[:, :-shift], taps[-1 - shift])
+    return out
+
+
+class RMSNormGated(nn.Module):
+    """RMSNorm with an optional SiLU gate, as `mamba_ssm.ops.triton.layernorm_gated.RMSNorm`.
+
+    norm(x * silu(z)) if not `norm_before_gate`, else norm(x) * silu(z); the statistics are taken over groups
+    of `group_size` channels (all channels when None). Parameter: `weight` (hidden_size,), no bias.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        eps: float = 1e-5,
+        group_size: int | None = None,
+        norm_before_gate: bool = True,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.eps = eps
+        self.group_size = hidden_size if group_size is None else group_size
+        if hidden_size % self.group_size != 0:
+            raise ValueError(f"RMSNormGated: group_size {group_size} must divide hidden_size {hidden_size}")
+        self.norm_before_gate = norm_before_gate
+        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
+        self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        kernels = use_cuda_kernels(x)
+        if kernels is not None:
+            return kernels.rmsnorm_fn(
+                x, self.weight, None, z=z, eps=self.eps, group_size=self.group_size,
+                norm_before_gate=self.norm_before_gate,
+            )
+        dtype = x.dtype
+        compute = torch.promote_types(dtype, torch.float32)
+        x, weight = x.to(compute), self.weight.to(compute)
+        if z is not None and not self.norm_before_gate:
+            x = x * F.silu(z.to(compute))
+        if self.group_size == x.shape[-1]:
+            out = F.rms_norm(x, (self.group_size,), weight, self.eps)
+        else:
+            grouped = F.rms_norm(x.unflatten(-1, (-1, self.group_size)), (self.group_size,), None, self.eps)
+            out = grouped.flatten(-2) * weight
+        if z is not None and self.norm_before_gate:
+            out = out * F.silu(z.to(compute))
+        return out.to(dtype)
+
+
+class Mamba2(nn.Module):
+    """Mamba2 token mixer: (batch, length, d_model) -> (batch, length, d_model), causal.
+
+    Same arguments as mamba_ssm's Mamba2 (without its tensor-parallel options). `chunk_size` is the chunk of
+    the CUDA kernels; the CPU path uses `cpu_chunk_size` (an attribute, 64 by default: fastest on CPU, and
+    the chunk size does not change the result beyond float32 rounding).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        A_init_range: tuple[float, float] = (1, 16),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_limit: tuple[float, float] = (0.0, float("inf")),
+        bias: bool = False,
+        conv_bias: bool = True,
+        chunk_size: int = 256,
+        rmsnorm: bool = True,
+        norm_before_gate: bool = False,
+        D_has_hdim: bool = False,
+        layer_idx: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = expand * d_model
+        self.d_ssm = self.d_inner
+        self.headdim = headdim
+        self.ngroups = ngroups
+        if self.d_ssm % headdim != 0:
+            raise ValueError(f"Mamba2: d_inner = {self.d_ssm} is not a multiple of headdim={headdim}")
+        self.nheads = self.d_ssm // headdim
+        if self.nheads % ngroups != 0:
+            raise ValueError(f"Mamba2: ngroups {ngroups} must divide the number of heads {self.nheads}")
+        if not (A_init_range[0] > 0 and A_init_range[1] >= A_init_range[0]):
+            raise ValueError(f"Mamba2: A_init_range {A_init_range} must satisfy 0 < low <= high")
+        self.D_has_hdim = D_has_hdim
+        self.rmsnorm = rmsnorm
+        self.norm_before_gate = norm_before_gate
+        self.dt_limit = tuple(dt_limit)
+        self.chunk_size = chunk_size
+        self.cpu_chunk_size = CPU_CHUNK_SIZE
+        self.layer_idx = layer_idx
+
+        # Creation order (and so RNG use) as in mamba_ssm. in_proj output order: [z, x, B, C, dt].
+        self.conv_dim = self.d_ssm + 2 * ngroups * d_state
+        d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads
+        self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory_kwargs)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim, padding=d_conv - 1,
+            bias=conv_bias, **factory_kwargs,
+        )
+        # dt_bias = softplus⁻¹(dt), dt log-uniform in [dt_min, dt_max], floored at dt_init_floor.
+        log_dt = torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
+        dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
+        self.D = nn.Parameter(torch.ones(self.d_ssm if D_has_hdim else self.nheads, device=device))
+        for param in (self.dt_bias, self.A_log, self.D):
+            param._no_weight_decay = True
+        if rmsnorm:
+            self.norm = RMSNormGated(
+                self.d_ssm, eps=1e-5, norm_before_gate=norm_before_gate, group_size=self.d_ssm // ngroups,
+                **factory_kwargs,
+            )
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
+
+    def _skip(self) -> torch.Tensor:
+        """D as the scan expects it: (nheads,) or (nheads, headdim)."""
+        return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
+
+    def _dt_limit_kwargs(self) -> dict:
+        return {} if self.dt_limit == (0.0, float("inf")) else {"dt_limit": self.dt_limit}
+
+    def _project_in(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """in_proj as z, xBC, dt. Two GEMMs: MKL runs the odd full width (2 d_inner + 2 G N + H) ~25 % slower
+        than its multiple-of-64 part [z, x, B, C] plus a separate dt GEMM."""
+        weight, bias = self.in_proj.weight, self.in_proj.bias
+        split = weight.shape[0] - self.nheads
+        zxbc = F.linear(hidden_states, weight[:split], None if bias is None else bias[:split])
+        dt = F.linear(hidden_states, weight[split:], None if bias is None else bias[split:])
+        z, xBC = zxbc.split([self.d_ssm, self.conv_dim], dim=-1)
+        return z, xBC, dt
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, length, d_model) -> (batch, length, d_model)."""
+        z, xBC, dt = self._project_in(hidden_states)
+        # At least float32: a half-precision A_log can give A = -inf.
+        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+        kernels = use_cuda_kernels(hidden_states)
+        if kernels is not None:
+            xBC = kernels.causal_conv1d_fn(
+                xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
+            ).transpose(1, 2)
+        else:
+            xBC = F.silu(causal_depthwise_conv1d(xBC, self.conv1d.weight, self.conv1d.bias))
+        x, B, C = xBC.split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = x.unflatten(-1, (self.nheads, self.headdim))
+        B = B.unflatten(-1, (self.ngroups, self.d_state))
+        C = C.unflatten(-1, (self.ngroups, self.d_state))
+        if kernels is not None:
+            y = kernels.mamba_chunk_scan_combined(
+                x, dt, A, B, C, chunk_size=self.chunk_size, D=self._skip(),
+                z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
+                dt_bias=self.dt_bias, dt_softplus=True, **self._dt_limit_kwargs(),
+            ).flatten(2)
+        else:
+            dt = F.softplus(dt.to(A.dtype) + self.dt_bias.to(A.dtype))
+            if self._dt_limit_kwargs():
+                dt = dt.clamp(*self.dt_limit)
+            y = ssd_chunked(x, dt, A, B, C, chunk_size=self.cpu_chunk_size, D=self._skip()).flatten(2)
+            if not self.rmsnorm:
+                y = y * F.silu(z)
+        if self.rmsnorm:
+            y = self.norm(y, z)
+        return self.out_proj(y)
