@@ -310,7 +310,10 @@ class JointTeacher(Teacher):
         """Average gradients across ranks (the teacher is not DDP-wrapped), clip, step, advance the LR."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            all_reduce_mean([p.grad for p in params if p.grad is not None])
+            for p in params:  # every rank must reduce the same list, even if a parameter got no gradient here
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            all_reduce_mean([p.grad for p in params])
         self.scaler.unscale_(self.optimizer)
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
