@@ -43,7 +43,7 @@ class AttentionWeights:
 
 @dataclass(frozen=True)
 class MixerSpec:
-    """A mixer choice: whether it sees the whole sequence and whether it takes the padding mask."""
+    """A mixer choice: whether it sees the whole sequence (bidirectional mixers take the padding mask)."""
 
     name: str
     bidirectional: bool
