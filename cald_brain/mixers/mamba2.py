@@ -66,7 +66,7 @@ class RMSNormGated(nn.Module):
         compute = torch.promote_types(dtype, torch.float32)
         x, weight = x.to(compute), self.weight.to(compute)
         if z is not None and not self.norm_before_gate:
-            x = x * F.silu(z.to(compute))
+            x = F.silu(z.to(compute)).mul_(x)
         if self.group_size == x.shape[-1]:
             out = F.rms_norm(x, (self.group_size,), weight, self.eps)
         else:
@@ -185,7 +185,7 @@ class Mamba2(nn.Module):
                 xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
             ).transpose(1, 2)
         else:
-            xBC = F.silu(causal_depthwise_conv1d(xBC, self.conv1d.weight, self.conv1d.bias))
+            xBC = F.silu(causal_depthwise_conv1d(xBC, self.conv1d.weight, self.conv1d.bias), inplace=True)
         x, B, C = xBC.split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.unflatten(-1, (self.nheads, self.headdim))
         B = B.unflatten(-1, (self.ngroups, self.d_state))

@@ -14,7 +14,8 @@ a test oracle. Shapes follow `mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan
     initial_state / final state (batch, nheads, headdim, dstate)
 
 Unlike the kernel, `dt` here is the final step size (softplus, bias and limits already applied by the caller).
-`A` may also be (batch, nheads): one call can then scan the batches of several modules stacked together.
+A and D may also differ per batch item, A as (batch, 1, nheads) and D as (batch, 1, nheads, 1 or headdim):
+one call can then scan the batches of several modules stacked together.
 """
 
 import torch
@@ -63,11 +64,14 @@ def _pad_steps(t: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
 
 
+def _skip_weights(D: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """D made broadcastable against x (batch, length, nheads, headdim): (nheads,) becomes (nheads, 1)."""
+    return None if D is None else (D.unsqueeze(-1) if D.dim() == 1 else D).to(dtype)
+
+
 def _add_skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
-    """y + D * x, with D (nheads,) or (nheads, headdim)."""
-    if D is None:
-        return y
-    return torch.addcmul(y, x, (D.unsqueeze(-1) if D.dim() == 1 else D).to(y.dtype))
+    """y + D * x, D as returned by `_skip_weights`."""
+    return y if D is None else torch.addcmul(y, x, D)
 
 
 def ssd_chunked(
@@ -99,7 +103,7 @@ def ssd_chunked(
 
     # Decays, (b, c, h, q[, q]) with c = chunk and q = step inside the chunk.
     dt = _pad_steps(dt.to(dtype), pad).view(batch, nchunks, chunk_size, nheads).transpose(2, 3)
-    dA = dt * A.to(dtype).reshape(-1, 1, nheads, 1)
+    dA = dt * A.to(dtype).unsqueeze(-1)  # A: (h,) or (b, 1, h), against dt (b, c, h, q)
     decay = segsum_exp(dA)  # [j, i]: from step j (exclusive) to step i (inclusive)
     decay_in = dA.cumsum(dim=-1).exp()  # from the chunk start to step i (inclusive)
     decay_chunk = decay_in[..., -1, None, None].unbind(1)  # per chunk (b, h, 1, 1): across the whole chunk
@@ -110,20 +114,22 @@ def ssd_chunked(
     C = C.view(batch, nchunks, chunk_size, ngroups, dstate).transpose(2, 3)
 
     # 1. Inside each chunk, a masked "attention": y[i] = sum_j (C_i . B_j) decay[j, i] dt[j] x[j] (+ D x[i]).
-    #    The scores are kept as [source j, target i] and used transposed by the GEMM.
-    scores = (B @ C.transpose(-1, -2)).unsqueeze(3)  # (b, c, g, 1, q, q)
-    weight_in = decay * dt.unsqueeze(-1)  # decay[j, i] dt[j]
-    scores = scores * weight_in.unflatten(2, (ngroups, heads_per_group))
-    scores = scores.flatten(2, 3)  # (b, c, h, q, q)
-    skip_on_diagonal = D is not None and D.dim() == 1
+    #    The scores are kept as [source j, target i] and used transposed by the GEMM. In-place steps here and
+    #    below only touch fresh tensors that autograd allows to change; they spare allocations without grad.
+    weight_out = (decay[..., -1] * dt).transpose(2, 3).unsqueeze(-1)  # (b, c, q, h, 1): decay[j, end] dt[j]
+    scores = (B @ C.transpose(-1, -2)).unsqueeze(3) * decay.unflatten(2, (ngroups, heads_per_group))
+    del decay
+    scores = scores.flatten(2, 3).mul_(dt.unsqueeze(-1))  # (b, c, h, q, q)
+    D = _skip_weights(D, dtype)
+    skip_on_diagonal = D is not None and D.shape[-1] == 1  # one D per head: D x[i] is a diagonal score
     if skip_on_diagonal:
-        scores.diagonal(dim1=-2, dim2=-1).add_(D.to(dtype).unsqueeze(-1))
+        scores.diagonal(dim1=-2, dim2=-1).add_(D)
     y_diag = scores.transpose(-1, -2) @ x.transpose(2, 3)  # (b, c, h, q, p)
+    del scores
 
     # 2. State carried across chunks: S <- decay_chunk S + sum_j decay[j, end] dt[j] x[j] ⊗ B[j], and each
     #    chunk reads the state entering it: y[i] += decay_in[i] C_i . S. unbind + stack (never indexing or
     #    writing into a buffer in the loop) keeps the backward pass linear in the number of chunks.
-    weight_out = (decay[..., -1] * dt).transpose(2, 3).unsqueeze(-1)  # (b, c, q, h, 1)
     x_out = (x * weight_out).view(batch, nchunks, chunk_size, ngroups, heads_per_group * headdim)
     state = x.new_zeros(batch, nheads, headdim, dstate) if initial_state is None else initial_state.to(dtype)
     state = state.expand(batch, nheads, headdim, dstate)
@@ -134,10 +140,10 @@ def ssd_chunked(
     ):
         y_off.append(C_k @ state.reshape(grouped).transpose(-1, -2))  # (b, g, q, hg * p)
         state = torch.addcmul((x_k @ B_k).view_as(state), state, decay_k)
-    y_off = torch.stack(y_off, dim=1).unflatten(-1, (heads_per_group, headdim)).transpose(2, 3)
-    y = torch.addcmul(
-        y_diag.transpose(2, 3), y_off.flatten(3, 4), decay_in.transpose(2, 3).unsqueeze(-1)
-    )  # (b, c, q, h, p)
+    del x_out
+    y = torch.stack(y_off, dim=1).unflatten(-1, (heads_per_group, headdim)).transpose(2, 3).flatten(3, 4)
+    del y_off
+    y = y.mul_(decay_in.transpose(2, 3).unsqueeze(-1)).add_(y_diag.transpose(2, 3))  # (b, c, q, h, p)
     y = y.flatten(1, 2)[:, :length]
     if not skip_on_diagonal:
         y = _add_skip(y, x.flatten(1, 2)[:, :length], D)
@@ -161,7 +167,7 @@ def ssd_reference(
     heads_per_group = nheads // B.shape[2]
     dtype = _compute_dtype(x)
     dt = dt.to(dtype)
-    decay = torch.exp(dt * A.to(dtype).reshape(-1, 1, nheads))  # (b, l, h)
+    decay = torch.exp(dt * A.to(dtype))  # (b, l, h)
     B = B.to(dtype).repeat_interleave(heads_per_group, dim=2)  # (b, l, h, n)
     C = C.to(dtype).repeat_interleave(heads_per_group, dim=2)
     xf = x.to(dtype)
@@ -175,5 +181,5 @@ def ssd_reference(
         inject = (dt[:, t, :, None] * xf[:, t]).unsqueeze(-1) * B[:, t].unsqueeze(-2)  # (b, h, p, n)
         state = decay[:, t, :, None, None] * state + inject
         ys.append((state * C[:, t].unsqueeze(-2)).sum(-1))
-    y = _add_skip(torch.stack(ys, dim=1), xf, D).to(x.dtype)
+    y = _add_skip(torch.stack(ys, dim=1), xf, _skip_weights(D, dtype)).to(x.dtype)
     return (y, state) if return_final_state else y
