@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cald_brain.mixers.kernels import cuda_kernels
-from cald_brain.mixers.mamba2 import Mamba2
+from cald_brain.mixers.mamba2 import Mamba2, causal_conv1d_silu
 
 # Parameter names and shapes of mamba_ssm.modules.mamba2.Mamba2 (2.x), in state_dict order, written out by
 # hand from its source: d_inner = expand * d_model, nheads = d_inner / headdim,
@@ -188,6 +188,23 @@ def test_bfloat16_module_runs_close_to_float32():
     out = model.to(torch.bfloat16)(u.to(torch.bfloat16))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=0.1, atol=0.05)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 17])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_causal_conv1d_silu_matches_conv1d_with_exact_gradients(length, with_bias):
+    """The shift-and-add convolution and its hand-written backward, against F.conv1d and gradcheck."""
+    torch.manual_seed(0)
+    x = torch.randn(2, length, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True) if with_bias else None
+    conv = F.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias, padding=3, groups=6)
+    expected = F.silu(conv[..., :length].transpose(1, 2))
+    torch.testing.assert_close(causal_conv1d_silu(x, weight, bias), expected)
+    with torch.no_grad():  # the in-place inference path
+        torch.testing.assert_close(causal_conv1d_silu(x, weight, bias), expected)
+    inputs = (x, weight, bias) if with_bias else (x, weight)
+    assert torch.autograd.gradcheck(lambda *args: causal_conv1d_silu(*args), inputs)
 
 
 def test_rejects_bad_head_layout():
