@@ -205,6 +205,7 @@ class Mamba2(nn.Module):
         return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
 
     def _dt_limit_kwargs(self) -> dict:
+        """dt_limit for the kernel, only when set (mamba_ssm passes it the same way)."""
         return {} if self.dt_limit == (0.0, float("inf")) else {"dt_limit": self.dt_limit}
 
     def _project_in(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -224,8 +225,11 @@ class Mamba2(nn.Module):
         A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
         kernels = use_cuda_kernels(hidden_states)
         if kernels is not None:
+            xBC = xBC.transpose(1, 2)  # channels-last (batch, channels, length) view, as mamba_ssm passes it
+            if xBC.stride(0) % 8 or xBC.stride(2) % 8:  # the kernel's channels-last layout needs these
+                xBC = xBC.contiguous()
             xBC = kernels.causal_conv1d_fn(
-                xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
+                xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
             ).transpose(1, 2)
         else:
             xBC = causal_conv1d_silu(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias)
@@ -241,7 +245,7 @@ class Mamba2(nn.Module):
             ).flatten(2)
         else:
             dt = F.softplus(dt.to(A.dtype) + self.dt_bias.to(A.dtype))
-            if self._dt_limit_kwargs():
+            if "dt_limit" in self._dt_limit_kwargs():  # clamping is not free, and its gradient is 0 outside
                 dt = dt.clamp(*self.dt_limit)
             y = ssd_chunked(x, dt, A, B, C, chunk_size=self.cpu_chunk_size, D=self._skip()).flatten(2)
             if not self.rmsnorm:
