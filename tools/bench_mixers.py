@@ -139,9 +139,13 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     d = args.d_model
     mamba2 = Mamba2(d, expand=1)
+    bimamba2 = BiMamba2(d)
+    if args.cpu_chunk:
+        for module in (mamba2, bimamba2.mamba_fwd, bimamba2.mamba_bwd):
+            module.cpu_chunk_size = args.cpu_chunk
     modules = {
         "mamba2": mamba2,
-        "bimamba2": BiMamba2(d),
+        "bimamba2": bimamba2,
         "attention": Attention(d, num_heads=args.heads),
         "hf_mamba2": hf_mamba2_like(mamba2) if "hf_mamba2" in args.impls else None,
     }
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace) -> dict:
             d_model=d, batch=args.batch, dtype="float32", heads=args.heads, repeats=args.repeats,
             threads=torch.get_num_threads(), torch=torch.__version__, cpu=cpu_model(),
             cpu_count=os.cpu_count(), load_average_start=load_start, load_average_end=os.getloadavg(),
-            scan_chunk=SCAN_CHUNK,
+            cpu_chunk=mamba2.cpu_chunk_size, flops_scan_chunk=SCAN_CHUNK,
         ),
         results=results,
     )
@@ -239,6 +243,7 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12, help="attention heads")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--cpu-chunk", type=int, default=None, help="chunk of our CPU scan (default: ours)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--no-plot", action="store_true")

@@ -45,9 +45,9 @@ class BiMamba2(nn.Module):
         only), or give the valid `lengths` (batch,); neither means no padding."""
         lengths = resolve_lengths(hidden_states, mask, lengths)
         backward = self.mamba_bwd(reverse_padded(hidden_states, lengths))
-        out = self.mamba_fwd(hidden_states) + reverse_padded(backward, lengths)
+        out = self.mamba_fwd(hidden_states).add_(reverse_padded(backward, lengths))  # in place: a new tensor
         if self.residual_inside:
-            out = out + hidden_states
+            out = out.add_(hidden_states)
         if self.drop_non_finite:
             out = torch.where(torch.isfinite(out), out, 0.0)
         if self.norm is not None:

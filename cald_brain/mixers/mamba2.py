@@ -124,7 +124,7 @@ class Mamba2(nn.Module):
     """Mamba2 token mixer: (batch, length, d_model) -> (batch, length, d_model), causal.
 
     Same arguments as mamba_ssm's Mamba2 (without its tensor-parallel options). `chunk_size` is the chunk of
-    the CUDA kernels; the CPU path uses `cpu_chunk_size` (an attribute, 64 by default: fastest on CPU, and
+    the CUDA kernels; the CPU path uses `cpu_chunk_size` (an attribute, `ssd.CPU_CHUNK_SIZE` by default:
     the chunk size does not change the result beyond float32 rounding).
     """
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 # Chunk length of the CPU path: best (or within 12 %) at every length measured on 2-core CPUs, forward and
 # backward (see docs/BENCHMARK.md). The GPU kernels keep their own `chunk_size` (256 by default).
-CPU_CHUNK_SIZE = 64
+CPU_CHUNK_SIZE = 32
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
