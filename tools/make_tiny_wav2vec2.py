@@ -7,10 +7,12 @@ carry real speech knowledge, yet small enough to fine-tune on two CPU cores in a
    pool in ``tools/make_samples.py``, taken from a range disjoint from the one the committed samples use;
    it is synthesised into a cache folder, never committed;
 2. supervised character CTC pretraining of a tiny ``Wav2Vec2ForCTC`` (the real wav2vec2 architecture:
-   7-layer conv feature encoder of stride 320, positional conv embedding, pre-LN transformer layers);
-3. greedy CTC character error rate (CER) on held-out sentences;
-4. only the ``Wav2Vec2Model`` part is saved (safetensors) with a ``preprocessor_config.json`` and a README
-   recording how it was made; the folder is checked to load with ``AutoModel`` and SpeechBrain offline.
+   7-layer conv feature encoder of stride 320, positional conv embedding, pre-LN transformer layers), with
+   an auxiliary log-mel regression on the conv features that gets CTC off its all-blank plateau early;
+3. greedy CTC character error rate (CER) on held-out sentences and on the mini TED-LIUM sample;
+4. the ``Wav2Vec2Model`` part is saved (safetensors) with a ``preprocessor_config.json``, the CTC head on
+   its own (``ctc_head.safetensors``, for tests) and a README recording how it was made; the folder is
+   checked to load with ``AutoModel`` and with SpeechBrain offline.
 
 The architecture follows ``facebook/wav2vec2-large-lv60`` (the CALD paper's source model):
 ``feat_extract_norm="layer"`` with ``do_stable_layer_norm=True``. That variant honours the attention mask
@@ -539,11 +541,12 @@ def write_readme(out: Path, f: dict) -> None:
                 steps); with it CTC leaves the plateau after about 250 steps. Neither head is part of the
                 `Wav2Vec2Model`.""", bullet=True),
             _paragraph(f"""Optimiser: AdamW (betas 0.9/0.98, weight decay 0.01), peak LR {f['lr']},
-                {f['warmup']} warm-up steps, cosine decay to 5 %, gradient clipping at 5; {f['steps']} steps
-                of at most {f['batch_samples'] / SAMPLE_RATE:.0f} s of padded audio; the first epoch goes from
-                the shortest utterances to the longest, later ones are shuffled; seed {f['seed']}. Wall time
-                {last['minutes']:.1f} min on 1 CPU thread (2 cores shared with other jobs; with 2 threads on
-                the loaded machine, steps were several times slower).""", bullet=True),
+                {f['warmup']} warm-up steps, cosine decay to 5% of the peak, gradient clipping at 5;
+                {f['steps']} steps of at most {f['batch_samples'] / SAMPLE_RATE:.0f} s of padded audio;
+                the first epoch goes from the shortest utterances to the longest, later ones are shuffled;
+                seed {f['seed']}. Wall time {last['minutes']:.1f} min on 1 CPU thread (2 cores shared
+                with other jobs; with 2 threads on the loaded machine, steps were several times slower).""",
+                       bullet=True),
         ]),
         "\n".join(["| step | epoch | CTC loss (EMA) | log-mel MSE (EMA) | held-out CER (greedy) | minutes |",
                    "|---|---|---|---|---|---|", *rows]),
