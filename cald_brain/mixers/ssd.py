@@ -106,7 +106,7 @@ def ssd_chunked(
     dA = dt * A.to(dtype).unsqueeze(-1)  # A: (h,) or (b, 1, h), against dt (b, c, h, q)
     decay = segsum_exp(dA)  # [j, i]: from step j (exclusive) to step i (inclusive)
     decay_in = dA.cumsum(dim=-1).exp()  # from the chunk start to step i (inclusive)
-    decay_chunk = decay_in[..., -1, None, None].unbind(1)  # per chunk (b, h, 1, 1): across the whole chunk
+    decay_chunk = decay_in[..., -1]  # (b, c, h): across the whole chunk
 
     x, B, C = (_pad_steps(t.to(dtype), pad) for t in (x, B, C))
     x = x.view(batch, nchunks, chunk_size, nheads, headdim)
@@ -130,25 +130,29 @@ def ssd_chunked(
     # 2. State carried across chunks: S <- decay_chunk S + sum_j decay[j, end] dt[j] x[j] ⊗ B[j], and each
     #    chunk reads the state entering it: y[i] += decay_in[i] C_i . S. unbind + stack (never indexing or
     #    writing into a buffer in the loop) keeps the backward pass linear in the number of chunks.
-    x_out = (x * weight_out).view(batch, nchunks, chunk_size, ngroups, heads_per_group * headdim)
+    #    The state is kept as (b * g, hg * p, n) so that each update is one fused GEMM: S <- (decay S) + Xᵀ B.
+    rows = (batch * ngroups, heads_per_group * headdim)
+    x_out = (x * weight_out).view(batch, nchunks, chunk_size, ngroups, rows[1]).permute(1, 0, 3, 4, 2)
+    decay_rows = decay_chunk.repeat_interleave(headdim, dim=-1).transpose(0, 1).reshape(nchunks, *rows, 1)
     state = x.new_zeros(batch, nheads, headdim, dstate) if initial_state is None else initial_state.to(dtype)
-    state = state.expand(batch, nheads, headdim, dstate)
-    grouped = (batch, ngroups, heads_per_group * headdim, dstate)
+    state = state.expand(batch, nheads, headdim, dstate).reshape(*rows, dstate)
     y_off = []
     for x_k, B_k, C_k, decay_k in zip(
-        x_out.permute(0, 1, 3, 4, 2).unbind(1), B.unbind(1), C.unbind(1), decay_chunk, strict=True
+        x_out.unbind(0), B.unbind(1), C.unbind(1), decay_rows.unbind(0), strict=True
     ):
-        y_off.append(C_k @ state.reshape(grouped).transpose(-1, -2))  # (b, g, q, hg * p)
-        state = torch.addcmul((x_k @ B_k).view_as(state), state, decay_k)
+        C_k = C_k.reshape(rows[0], -1, dstate)  # (b * g, q, n)
+        y_off.append(C_k @ state.transpose(-1, -2))  # (b * g, q, hg * p)
+        state = (state * decay_k).baddbmm_(x_k.reshape(*rows, -1), B_k.reshape(rows[0], -1, dstate))
     del x_out
-    y = torch.stack(y_off, dim=1).unflatten(-1, (heads_per_group, headdim)).transpose(2, 3).flatten(3, 4)
+    y = torch.stack(y_off, dim=1).view(batch, ngroups, nchunks, chunk_size, heads_per_group, headdim)
+    y = y.permute(0, 2, 3, 1, 4, 5).reshape(batch, nchunks, chunk_size, nheads, headdim)
     del y_off
     y = y.mul_(decay_in.transpose(2, 3).unsqueeze(-1)).add_(y_diag.transpose(2, 3))  # (b, c, q, h, p)
     y = y.flatten(1, 2)[:, :length]
     if not skip_on_diagonal:
         y = _add_skip(y, x.flatten(1, 2)[:, :length], D)
     y = y.to(out_dtype)
-    return (y, state) if return_final_state else y
+    return (y, state.view(batch, nheads, headdim, dstate)) if return_final_state else y
 
 
 def ssd_reference(
