@@ -21,9 +21,10 @@ one call can then scan the batches of several modules stacked together.
 import torch
 import torch.nn.functional as F
 
-# Chunk length of the CPU path: best (or within 12 %) at every length measured on 2-core CPUs, forward and
-# backward (see docs/BENCHMARK.md). The GPU kernels keep their own `chunk_size` (256 by default).
-CPU_CHUNK_SIZE = 32
+# Chunk length of the CPU path, by measurement (docs/BENCHMARK.md): 32 and 64 are within 6 % of each other
+# per layer on one thread (16, 96 and 128 are slower), and 64 has half as many loop steps, which matters
+# when the cores are shared. The GPU kernels keep their own `chunk_size` (256 by default).
+CPU_CHUNK_SIZE = 64
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
