@@ -66,12 +66,17 @@ def test_gradients_match_recurrence(length, chunk, ngroups):
         torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-9, msg=lambda m, n=name: f"d/d{n}: {m}")
 
 
-def test_per_item_A_equals_separate_calls():
-    """A of shape (batch, nheads) scans items with different A at once, as separate calls would."""
+@pytest.mark.parametrize("skip_shape", [(4,), (4, 3)])
+def test_per_item_parameters_equal_separate_calls(skip_shape):
+    """A as (batch, 1, nheads) and D as (batch, 1, nheads, 1 | headdim) scan items of different modules at
+    once, as separate calls would."""
     first = make_inputs(1, 30, 4, 3, 1, 5, seed=1)
     second = make_inputs(1, 30, 4, 3, 1, 5, seed=2)
-    stacked = {k: torch.cat([first[k], second[k]]) if k != "A" else torch.stack([first[k], second[k]])
-               for k in first}
+    for inputs in (first, second):
+        inputs["D"] = torch.randn(skip_shape, dtype=torch.float64)
+    stacked = {k: torch.cat([first[k], second[k]]) for k in ("x", "dt", "B", "C")}
+    stacked["A"] = torch.stack([first["A"], second["A"]]).unsqueeze(1)
+    stacked["D"] = torch.stack([first["D"], second["D"]]).view(2, 1, 4, -1)
     y = ssd_chunked(**stacked, chunk_size=8)
     torch.testing.assert_close(y[:1], ssd_chunked(**first, chunk_size=8), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(y[1:], ssd_chunked(**second, chunk_size=8), rtol=1e-12, atol=1e-12)
