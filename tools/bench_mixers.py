@@ -157,6 +157,9 @@ def run(args: argparse.Namespace) -> dict:
     }
     results = []
     load_start = os.getloadavg()
+    if torch.get_num_threads() > 1 and load_start[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.1f}: with {torch.get_num_threads()} threads on shared "
+              "cores every parallel op may wait for a descheduled thread; consider --threads 1")
     for length in args.lengths:
         x = torch.randn(args.batch, length, d)
         keys = [(impl, mode) for impl in args.impls for mode in args.modes]
@@ -172,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
             nominal = flops[impl](length) * args.batch * (1 if mode == "fwd" else 3)
             peak = peak_extra_mib(calls[impl, mode])
             results.append(dict(
-                impl=impl, mode=mode, length=length, ms=ms, ms_all=times, peak_mib=peak,
+                impl=impl, mode=mode, length=length, ms=ms, ms_min=min(times), ms_all=times, peak_mib=peak,
                 gflops=nominal / ms / 1e6,
             ))
             print(f"  L={length:5d} {mode:6s} {impl:10s} {ms:9.1f} ms {peak:7.0f} MiB", flush=True)
