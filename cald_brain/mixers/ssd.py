@@ -91,8 +91,8 @@ def ssd_chunked(
     Any length works: the tail is zero-padded to a chunk multiple, which is exact (dt = 0 means no decay and
     no input), final state included. dt, dA and their cumsums are float32 (float64 for float64 inputs).
     Everything that does not depend on the carried state is computed for all chunks at once; the loop over
-    chunks holds just three ops (two small GEMMs and one multiply-add), which keeps the scan fast when CPU
-    threads are contended.
+    chunks holds three ops (a GEMM, a multiply and a GEMM-accumulate) on a state that stays in cache, and
+    never builds a (chunks, heads, headdim, dstate) tensor in the forward pass.
     """
     _check_shapes(x, dt, B, C)
     batch, length, nheads, headdim = x.shape
