@@ -19,12 +19,11 @@ one call can then scan the batches of several modules stacked together.
 """
 
 import torch
-import torch.nn.functional as F
 
-# Chunk length of the CPU path, by measurement (docs/BENCHMARK.md): 32 and 64 are within 6 % of each other
-# per layer on one thread (16, 96 and 128 are slower), and 64 has half as many loop steps, which matters
-# when the cores are shared. The GPU kernels keep their own `chunk_size` (256 by default).
-CPU_CHUNK_SIZE = 64
+# Chunk length of the CPU path, by measurement (docs/BENCHMARK.md): the fastest scan on one thread, forward
+# and backward (16 ties, 64 is ~30 % slower, 128 twice as slow); per layer 5-8 %. The GPU kernels keep their
+# own `chunk_size` (256 by default).
+CPU_CHUNK_SIZE = 32
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -61,8 +60,11 @@ def _check_shapes(x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.T
 
 
 def _pad_steps(t: torch.Tensor, pad: int) -> torch.Tensor:
-    """Zero-pad the step axis (dim 1) of t at the end (no copy when pad is 0)."""
-    return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
+    """Zero-pad the step axis (dim 1) of t at the end: one copy (F.pad writes the whole output twice), none
+    when pad is 0."""
+    if not pad:
+        return t
+    return torch.cat([t, t.new_zeros(t.shape[0], pad, *t.shape[2:])], dim=1)
 
 
 def _skip_weights(D: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
