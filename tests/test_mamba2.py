@@ -60,10 +60,8 @@ def test_initialisation_matches_mamba_ssm():
     torch.testing.assert_close(F.softplus(floored.dt_bias), torch.full((8,), 1e-4), rtol=1e-3, atol=0)
 
 
-def reference_forward(model: Mamba2, u: torch.Tensor) -> torch.Tensor:
-    """Mamba2 written out plainly in float64: F.conv1d, one recurrence step at a time, gated RMSNorm."""
-    m = copy.deepcopy(model).double()
-    u = u.double()
+def reference_forward(m: Mamba2, u: torch.Tensor) -> torch.Tensor:
+    """Mamba2 written out plainly with m's parameters: F.conv1d, one step at a time, gated RMSNorm."""
     batch, length, _ = u.shape
     H, P, G, N = m.nheads, m.headdim, m.ngroups, m.d_state
     zxbcdt = F.linear(u, m.in_proj.weight, m.in_proj.bias)
@@ -119,9 +117,25 @@ def test_forward_matches_plain_reference(kwargs):
             model.norm.weight.uniform_(0.5, 1.5)
     model.cpu_chunk_size = 16
     u = torch.randn(2, 45, kwargs["d_model"])
-    expected = reference_forward(model, u)
+    model64 = copy.deepcopy(model).double()
+    expected = reference_forward(model64, u.double())
     torch.testing.assert_close(model(u).double(), expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(model.double()(u.double()), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model64(u.double()), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS[:2])
+def test_gradients_match_plain_reference(kwargs):
+    torch.manual_seed(0)
+    model = Mamba2(**kwargs).double()
+    model.cpu_chunk_size = 8
+    u = torch.randn(2, 21, kwargs["d_model"], dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 21, kwargs["d_model"], dtype=torch.float64)
+    leaves = [u, *model.parameters()]
+    grads = torch.autograd.grad((model(u) * weight).sum(), leaves)
+    expected = torch.autograd.grad((reference_forward(model, u) * weight).sum(), leaves)
+    names = ["input"] + [name for name, _ in model.named_parameters()]
+    for name, grad, grad_ref in zip(names, grads, expected, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-9, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_matches_huggingface_mamba2_mixer_with_same_state_dict():
