@@ -175,7 +175,7 @@ def corpus_plan(
 
 
 class Corpus:
-    """Synthesised utterances held in memory as int16 PCM, with their character labels."""
+    """Synthesised utterances, cached on disk and held in memory as int16 PCM."""
 
     def __init__(self, utterances: list[Utterance], cache_dir: Path, name: str) -> None:
         self.utterances = utterances
@@ -211,10 +211,12 @@ class Corpus:
         return torch.from_numpy(pcm.astype(np.float32) / 32767)
 
     def hours(self) -> float:
+        """Total duration of the corpus in hours."""
         return float(self.lengths.sum()) / SAMPLE_RATE / 3600
 
 
 def encode_text(text: str) -> list[int]:
+    """CTC label ids of a sentence (0 is the blank)."""
     return [CHARS.index(c) + 1 for c in text]
 
 
@@ -404,7 +406,8 @@ def train(args: argparse.Namespace, train_set: Corpus, heldout: Corpus) -> tuple
     for epoch, indices in schedule[step : args.steps]:
         noise_rng = torch.Generator().manual_seed(args.seed + step)
         waves = add_noise([train_set.wave(i) for i in indices], noise_rng)
-        torch.manual_seed(args.seed + step)  # SpecAugment masks and dropout
+        torch.manual_seed(args.seed + step)  # dropout
+        np.random.seed(args.seed + step)  # transformers draws the SpecAugment masks with numpy
         ctc, mel = model(waves, [label_lists[i] for i in indices])
         optimizer.zero_grad()
         (ctc + args.mel_weight * mel).backward()
@@ -431,6 +434,7 @@ def train(args: argparse.Namespace, train_set: Corpus, heldout: Corpus) -> tuple
 
 
 def feature_extractor() -> Wav2Vec2FeatureExtractor:
+    """The preprocessor saved with the model: 16 kHz, per-utterance normalisation, attention mask."""
     return Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=SAMPLE_RATE,
