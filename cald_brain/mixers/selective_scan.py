@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-DEFAULT_CHUNK_SIZE = 32
+DEFAULT_CHUNK_SIZE = 16  # best of 8-128 on CPU (forward + backward, L=2000, dim 1536, d_state 16)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -78,7 +78,7 @@ def _chunk_states(delta, u, A, B, state) -> tuple[torch.Tensor, torch.Tensor]:
 
     In-place, so only for use without autograd. delta, u: (T, batch, dim); B: (T, batch, d_state).
     """
-    decay = torch.exp(delta.unsqueeze(-1) * A)
+    decay = (delta.unsqueeze(-1) * A).exp_()
     h = (delta * u).unsqueeze(-1) * B.unsqueeze(-2)
     prev = state
     for h_t, decay_t in zip(h.unbind(0), decay.unbind(0), strict=True):
@@ -136,7 +136,7 @@ class _ChunkedScan(torch.autograd.Function):
             grad_A += torch.einsum("tbdn,tbd->dn", grad_exponent, delta_c)
             grad_du = torch.matmul(lam, B_c.unsqueeze(-1)).squeeze(-1)  # dL/d(delta * u)
             grad_B[chunk] = torch.matmul(lam.transpose(-1, -2), (delta_c * u_c).unsqueeze(-1)).squeeze(-1)
-            grad_delta[chunk] = (grad_exponent * A).sum(-1) + grad_du * u_c
+            grad_delta[chunk] = grad_exponent.mul_(A).sum(-1) + grad_du * u_c
             grad_u[chunk] = grad_du * delta_c
         return grad_delta, grad_u, grad_A, grad_B, grad_C, None
 
@@ -196,8 +196,8 @@ def selective_scan_ref(
     C = C.to(dtype)
     state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=dtype)
     ys = []
-    for t in range(u.shape[2]):
-        state = decay[:, :, t] * state + inputs[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+    for decay_t, input_t, C_t in zip(decay.unbind(2), inputs.unbind(2), C.unbind(2), strict=True):
+        state = decay_t * state + input_t
+        ys.append(torch.einsum("bdn,bn->bd", state, C_t))
     out = _finish(torch.stack(ys, dim=2), u, D, z, u.dtype)
     return (out, state) if return_last_state else out
