@@ -229,7 +229,7 @@ def plot(report: dict, path: Path) -> None:
         config = report["config"]
         what = "forward" if mode == "fwd" else "forward + backward"
         ax.set(xscale="log", yscale="log", xlabel="sequence length (frames)", ylabel="ms per call (median)",
-               title=f"{what}, batch {config['batch']}, d={config['d_model']}, {config['threads']} threads")
+               title=f"{what}, batch {config['batch']}, d={config['d_model']}, threads: {config['threads']}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
