@@ -123,9 +123,9 @@ class RMSNormGated(nn.Module):
 class Mamba2(nn.Module):
     """Mamba2 token mixer: (batch, length, d_model) -> (batch, length, d_model), causal.
 
-    Same arguments as mamba_ssm's Mamba2 (without its tensor-parallel options). `chunk_size` is the chunk of
-    the CUDA kernels; the CPU path uses `cpu_chunk_size` (an attribute, `ssd.CPU_CHUNK_SIZE` by default:
-    the chunk size does not change the result beyond float32 rounding).
+    Same arguments as mamba_ssm's Mamba2, minus d_ssm, conv_init, use_mem_eff_path and the tensor-parallel
+    options. `chunk_size` is the chunk of the CUDA kernels; the CPU path uses `cpu_chunk_size` (an attribute,
+    `ssd.CPU_CHUNK_SIZE` by default; the chunk size changes the result only by float32 rounding).
     """
 
     def __init__(
