@@ -28,6 +28,7 @@ from cald_brain.distill.losses import (
     logit_distillation_loss,
 )
 from cald_brain.distill.teachers import SNAPSHOT_DIRNAME, Teacher, save_snapshot
+from cald_brain.optim import param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class CALDBrain(sb.Brain):
         self.snapshot_every_steps = int(hparams.get("snapshot_every_steps") or 0)
         self.snapshot_folder = hparams.get("snapshot_folder")
         self.lr_scheduler_class = hparams.get("lr_scheduler")
+        self.lr_by_prefix = hparams.get("lr_by_prefix")
         self.lr_scheduler = None
         self.student = self.modules.student  # unwrapped: what checkpoints and snapshots save
         if self.checkpointer is not None:
@@ -200,8 +202,20 @@ class CALDBrain(sb.Brain):
         self.guidance.start(self.optimizer_step)
 
     def init_optimizers(self):
-        """SpeechBrain's student optimizer (`opt_class`), plus the optional step-wise `lr_scheduler`."""
-        super().init_optimizers()
+        """SpeechBrain's student optimizer (`opt_class`), with `lr_by_prefix` parameter groups over the
+        student's parameter names when set, plus the optional step-wise `lr_scheduler`."""
+        if self.lr_by_prefix and self.opt_class is not None:
+            student_ids = {id(p) for p in self.student.parameters()}
+            groups = param_groups(self.student.named_parameters(), self.lr_by_prefix)
+            others = [p for p in self.modules.parameters() if p.requires_grad and id(p) not in student_ids]
+            if others:  # other trainable modules keep the optimizer's lr
+                groups.append({"params": others})
+            self.optimizer = self.opt_class(groups)
+            self.optimizers_dict = {"opt_class": self.optimizer}
+            if self.checkpointer is not None:
+                self.checkpointer.add_recoverable("optimizer", self.optimizer)
+        else:
+            super().init_optimizers()
         if self.optimizers_dict is None:
             raise ValueError(
                 "CALDBrain needs a student optimizer: set opt_class (YAML key or constructor argument)"

@@ -47,6 +47,7 @@ class GuidanceConfig:
     teacher_update_cycle: int = 1
     teacher_opt_class: Any = None
     teacher_lr_scheduler: Any = None
+    lr_by_prefix: dict[str, float] | None = None
     distill_until_step: int | None = None
     distill_until_fraction: float | None = None
     alpha_task: float = 1.0
@@ -147,6 +148,7 @@ class Guidance:
                 cfg.teacher_lr_scheduler,
                 cfg.teacher_update_cycle,
                 cfg.teacher_train_mode,
+                cfg.lr_by_prefix,
             )
         if self.mode == "hybrid":
             self.switch_step = self._resolve_switch_step(total_steps)

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
 
+from cald_brain.optim import param_groups
+
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_RE = re.compile(r"^step_(\d+)\.ckpt$")
@@ -269,8 +271,10 @@ class JointTeacher(Teacher):
         lr_scheduler: Callable | None = None,
         update_cycle: int = 1,
         train_mode: bool = True,
+        lr_by_prefix: dict[str, float] | None = None,
     ):
         super().__init__(net, train_mode, source="teacher_net (trained jointly)")
+        self.lr_by_prefix = lr_by_prefix
         if update_cycle < 1:
             raise ValueError(f"teacher_update_cycle must be >= 1, got {update_cycle}")
         self.opt_class, self.lr_scheduler_class = opt_class, lr_scheduler
@@ -282,10 +286,9 @@ class JointTeacher(Teacher):
     def setup(self, device: str | torch.device, grad_scaler: bool = False) -> None:
         """Move to `device`; build the optimizer, LR scheduler and GradScaler (enabled for fp16 on CUDA)."""
         super().setup(device, grad_scaler)
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in self.net.parameters()):
             raise ValueError("trajectory teacher_net has no trainable parameters")
-        self.optimizer = self.opt_class(params)
+        self.optimizer = self.opt_class(param_groups(self.net.named_parameters(), self.lr_by_prefix))
         if self.lr_scheduler_class is not None:
             self.lr_scheduler = self.lr_scheduler_class(self.optimizer)
         self.scaler = torch.GradScaler(torch.device(device).type, enabled=grad_scaler)
