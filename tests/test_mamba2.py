@@ -228,6 +228,15 @@ def test_rejects_bad_head_layout():
         Mamba2(d_model=64, headdim=32, ngroups=3)
 
 
+def assert_relative_error(actual: torch.Tensor, expected: torch.Tensor, tol: float, name: str = "") -> None:
+    """||actual - expected|| / ||expected|| <= tol. The Triton kernels multiply float32 in TF32 (10-bit
+    mantissa), so elementwise float32 tolerances do not hold; a wrong layout or formula gives errors ~1."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    error = ((actual - expected).norm() / expected.norm()).item()
+    assert error <= tol, f"{name}: relative error {error:.2e} > {tol:.0e} (max abs diff " \
+        f"{(actual - expected).abs().max().item():.2e}, max abs {expected.abs().max().item():.2e})"
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or cuda_kernels() is None,
                     reason="needs a CUDA GPU with mamba_ssm and causal_conv1d")
@@ -242,6 +251,6 @@ def test_cuda_kernels_match_pure_pytorch_path():
     u_cuda = u.cuda()
     out = cuda_model(u_cuda)
     out.square().mean().backward()
-    torch.testing.assert_close(out.cpu(), expected, rtol=1e-3, atol=1e-4)
+    assert_relative_error(out, expected, 3e-3, "output")
     for (name, p_cpu), p_cuda in zip(model.named_parameters(), cuda_model.parameters(), strict=True):
-        torch.testing.assert_close(p_cuda.grad.cpu(), p_cpu.grad, rtol=1e-2, atol=1e-4, msg=name)
+        assert_relative_error(p_cuda.grad, p_cpu.grad, 2e-2, name)

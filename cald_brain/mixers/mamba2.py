@@ -226,8 +226,8 @@ class Mamba2(nn.Module):
         kernels = use_cuda_kernels(hidden_states)
         if kernels is not None:
             xBC = xBC.transpose(1, 2)  # channels-last (batch, channels, length) view, as mamba_ssm passes it
-            if xBC.stride(0) % 8 or xBC.stride(2) % 8:  # the kernel's channels-last layout needs these
-                xBC = xBC.contiguous()
+            if xBC.shape[1] % 8 or xBC.stride(0) % 8 or xBC.stride(2) % 8:
+                xBC = xBC.contiguous()  # the kernel's channels-last layout needs all three multiples of 8
             xBC = kernels.causal_conv1d_fn(
                 xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
             ).transpose(1, 2)
