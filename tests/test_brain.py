@@ -420,6 +420,25 @@ def test_bf16_autocast_trajectory_runs(tmp_path):
     assert all(torch.isfinite(p).all() for p in brain.guidance.teacher.net.parameters())
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_mixed_precision_trajectory_kill_and_resume(tmp_path, precision):
+    """On CUDA under autocast (fp16: a GradScaler for the student and one for the joint teacher, both
+    checkpointed): a run killed mid-epoch and resumed ends like the uninterrupted one."""
+    opts = {"device": "cuda:0", "precision": precision, "ckpt_interval_steps": 2}
+    reference = make_brain(tmp_path / "ref", run_opts=opts, **trajectory_keys())
+    fit(reference)
+    resumed = run_killed_and_resumed(tmp_path / "killed", trajectory_keys, 5, opts)
+    assert resumed.optimizer_step == reference.optimizer_step == 2 * STEPS_PER_EPOCH
+    assert resumed.guidance.teacher.scaler.is_enabled() == (precision == "fp16")
+    if precision == "fp16":
+        assert resumed.guidance.teacher.scaler.get_scale() == reference.guidance.teacher.scaler.get_scale()
+    assert_same_params(params_of(resumed.student), params_of(reference.student))
+    assert_same_params(params_of(resumed.guidance.teacher.net), params_of(reference.guidance.teacher.net))
+    assert all(torch.isfinite(p).all() for p in resumed.student.parameters())
+
+
 @pytest.mark.slow
 def test_ddp_two_ranks_stay_in_sync(tmp_path):
     """torchrun, 2 CPU ranks (gloo): student (DDP-wrapped) and joint teacher (gradients all-reduced by
