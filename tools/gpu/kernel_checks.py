@@ -1,7 +1,7 @@
 """GPU checks of the mixers' kernel path, run by tools/gpu/verify_kernels.sh.
 
     python tools/gpu/kernel_checks.py imports            which kernel pieces import, and why not
-    python tools/gpu/kernel_checks.py warmup             compile and autotune the Triton kernels
+    python tools/gpu/kernel_checks.py warmup [--items I ...]   compile and autotune the Triton kernels
     python tools/gpu/kernel_checks.py report [--deadline UNIX_TIME] [--no-bf16]
         kernel path vs our pure-PyTorch path on the same CUDA module: errors (fp32), then timings
 
@@ -256,14 +256,14 @@ WARMUP = [
 ]
 
 
-def warmup() -> None:
+def warmup(items: list[int]) -> None:
     """Compile and autotune the Triton kernels ahead of the tests (run while the CUDA extensions build)."""
     kernels, label = mamba2_kernels(triton_only=True)
     if kernels is None:
-        print("warm-up: the Triton ops do not import")
+        print("warm-up: the Triton ops do not import", flush=True)
         return
     set_path(kernels)
-    for name, make, dtype, backward in WARMUP:
+    for name, make, dtype, backward in (WARMUP[i] for i in items):
         start = time.time()
         try:
             model = make().cuda().to(dtype)
@@ -280,13 +280,15 @@ def main() -> None:
     parser.add_argument("what", choices=["imports", "warmup", "report"])
     parser.add_argument("--deadline", type=float, default=time.time() + 300, help="unix time to stop by")
     parser.add_argument("--no-bf16", action="store_true", help="time float32 only")
+    parser.add_argument("--items", type=int, nargs="+", default=list(range(len(WARMUP))),
+                        help="warm-up: which items of WARMUP, in this order (default all)")
     args = parser.parse_args()
     if args.what == "imports":
         check_imports()
     elif not torch.cuda.is_available():
         sys.exit(f"{args.what}: no CUDA device")
     elif args.what == "warmup":
-        warmup()
+        warmup(args.items)
     else:
         report(args.deadline, bf16=not args.no_bf16)
 
