@@ -13,7 +13,9 @@
 # BUILD_TIMEOUT_S (default 330), MAX_JOBS (default: all cores), CUDA_ARCH (default 90),
 # KEEP_COMPLEX=1 (build mamba_ssm's complex-weight selective scan too; dropped by default, unused here),
 # SKIP_BUILD=1 (reuse an earlier build in GPU_WORK), SKIP_GPU=1 (build and import only: for a machine
-# without GPU), PATCH_ONLY=1 (unpack and patch the sources, then stop).
+# without GPU), PATCH_ONLY=1 (unpack and patch the sources, then stop), PREBUILT=fallback|only|never (use
+# .gpu/prebuilt-cp<py>-torch2.11-cu130-sm<arch>.tar.xz when a build fails (default), instead of building,
+# or never).
 set -euo pipefail
 
 T0=$(date +%s)
@@ -287,7 +289,6 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     export CFLAGS="${CFLAGS:-} -g0"  # the .cpp bindings: Python's -g makes g++ ~40 % slower on torch's headers
     limit=$(step_limit "$BUILD_TIMEOUT_S" 120)
     ((limit >= 60)) || limit=60  # (timeout 0 would mean no limit)
-    say "building both in parallel (MAX_JOBS=$MAX_JOBS each, sm_$ARCH, limit ${limit}s)"
     build() {  # name dir: build in place, log to $OUT/build_<name>.log, time it
         local name=$1 dir=$2 start rc=0
         start=$(date +%s)
@@ -295,27 +296,42 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
             >"$OUT/build_$name.log" 2>&1 || rc=$?
         echo "$rc $(($(date +%s) - start))" >"$WORK/$name.status"
     }
-    build causal_conv1d "$CC_DIR" &
-    CC_PID=$!
-    build mamba_ssm "$MS_DIR" &
-    wait "$CC_PID" $!
-    for name in causal_conv1d mamba_ssm; do
-        read -r rc secs <"$WORK/$name.status"
-        if [[ $rc == 0 ]]; then
-            say "build $name: ok in ${secs}s: $(cd "$WORK" && ls -s --block-size=M "$name"-*/*.so 2>/dev/null | tr '\n' ' ')"
-        else
-            BUILD_OK=0
-            [[ $rc == 124 || $rc == 137 ]] && why="TIMED OUT" || why="FAILED (rc $rc)"
-            say "build $name: $why after ${secs}s; errors and log tail:"
-            { grep -m 20 -E "error|Error|FAILED" "$OUT/build_$name.log" | cut -c1-400 || true; echo "..."
-              grep -v -E '^\[[0-9]+/[0-9]+\] ' "$OUT/build_$name.log" | tail -n 15 | cut -c1-400; } | tee -a "$LOG"
-        fi
-    done
-    # Per-file compile times from ninja's log (start/end in ms), slowest first.
-    for dir in "$CC_DIR" "$MS_DIR"; do
-        find "$dir/build" -name .ninja_log -exec awk 'NR > 1 {printf "  %6.1fs  %s\n", ($2 - $1) / 1000, $4}' {} \; \
-            | sort -rn | head -n 5 | sed "s|$WORK/||" | tee -a "$LOG" || true
-    done
+    # A prebuilt pair (.gpu/prebuilt-*.tar.xz, from this same script on another machine) stands in for a build
+    # that fails, or replaces the build with PREBUILT=only; PREBUILT=never ignores it.
+    prebuilt() {  # name: unpack its .so, if there is one for this Python
+        local tarball=.gpu/prebuilt-cp${PY_TAG}-torch2.11-cu130-sm$ARCH.tar.xz
+        [[ ${PREBUILT:-fallback} != never && -f $tarball ]] || return 1
+        tar -xJf "$tarball" -C "$WORK" --wildcards "$1-*/*.so" && say "$1: using the prebuilt .so from $tarball"
+    }
+    PY_TAG=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+    if [[ ${PREBUILT:-fallback} == only ]]; then
+        for name in causal_conv1d mamba_ssm; do prebuilt "$name" || BUILD_OK=0; done
+    else
+        say "building both in parallel (MAX_JOBS=$MAX_JOBS each, sm_$ARCH, limit ${limit}s)"
+        build causal_conv1d "$CC_DIR" &
+        CC_PID=$!
+        build mamba_ssm "$MS_DIR" &
+        wait "$CC_PID" $!
+        for name in causal_conv1d mamba_ssm; do
+            read -r rc secs <"$WORK/$name.status"
+            if [[ $rc == 0 ]]; then
+                say "build $name: ok in ${secs}s: $(cd "$WORK" && ls -s --block-size=M "$name"-*/*.so | tr '\n' ' ')"
+            else
+                BUILD_OK=0
+                [[ $rc == 124 || $rc == 137 ]] && why="TIMED OUT" || why="FAILED (rc $rc)"
+                say "build $name: $why after ${secs}s; errors and log tail:"
+                { grep -m 20 -E "error|Error|FAILED" "$OUT/build_$name.log" | cut -c1-400 || true; echo "..."
+                  grep -v -E '^\[[0-9]+/[0-9]+\] ' "$OUT/build_$name.log" | tail -n 15 | cut -c1-400
+                } | tee -a "$LOG"
+                prebuilt "$name" || true
+            fi
+        done
+        # Per-file compile times from ninja's log (start/end in ms), slowest first.
+        for dir in "$CC_DIR" "$MS_DIR"; do
+            find "$dir/build" -name .ninja_log -exec awk 'NR > 1 {printf "  %6.1fs  %s\n", ($2 - $1) / 1000, $4}' {} \; \
+                | sort -rn | head -n 5 | sed "s|$WORK/||" | tee -a "$LOG" || true
+        done
+    fi
 fi
 
 # The tests need the first two warm-up items (float32, head size 64, state 128); the rest (d_model 768,
