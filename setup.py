@@ -1,4 +1,5 @@
 """Install cald_brain: Cross-Architecture Layerwise Distillation recipes on top of SpeechBrain."""
+
 from setuptools import find_packages, setup
 
 setup(

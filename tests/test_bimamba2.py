@@ -22,8 +22,16 @@ def test_structure_and_state_dict_names():
     model = make_model(post_norm=True)
     assert model.mamba_fwd.expand == 1 and model.mamba_fwd.nheads == 4
     names = list(model.state_dict())
-    mamba2_names = ("dt_bias", "A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "norm.weight",
-                    "out_proj.weight")
+    mamba2_names = (
+        "dt_bias",
+        "A_log",
+        "D",
+        "in_proj.weight",
+        "conv1d.weight",
+        "conv1d.bias",
+        "norm.weight",
+        "out_proj.weight",
+    )
     assert names[:8] == [f"mamba_fwd.{n}" for n in mamba2_names]
     assert names[8:16] == [n.replace("mamba_fwd", "mamba_bwd") for n in names[:8]]
     assert names[16:] == ["norm.weight", "norm.bias"]
@@ -107,8 +115,10 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or cuda_kernels() is None,
-                    reason="needs a CUDA GPU with mamba_ssm and causal_conv1d")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or cuda_kernels() is None,
+    reason="needs a CUDA GPU with mamba_ssm and causal_conv1d",
+)
 def test_cuda_kernels_match_pure_pytorch():
     """The kernel path (CUDA) against the pure-PyTorch path (CPU) on a padded batch: outputs, exact zeros on
     padding, gradients, and each item alone. Tolerances are relative norms: the Triton scan multiplies

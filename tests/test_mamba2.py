@@ -17,22 +17,52 @@ from cald_brain.mixers.mamba2 import Mamba2, causal_conv1d_silu
 LAYOUTS = [
     (
         dict(d_model=768, expand=1),
-        [("dt_bias", (12,)), ("A_log", (12,)), ("D", (12,)), ("in_proj.weight", (1804, 768)),
-         ("conv1d.weight", (1024, 1, 4)), ("conv1d.bias", (1024,)), ("norm.weight", (768,)),
-         ("out_proj.weight", (768, 768))],
+        [
+            ("dt_bias", (12,)),
+            ("A_log", (12,)),
+            ("D", (12,)),
+            ("in_proj.weight", (1804, 768)),
+            ("conv1d.weight", (1024, 1, 4)),
+            ("conv1d.bias", (1024,)),
+            ("norm.weight", (768,)),
+            ("out_proj.weight", (768, 768)),
+        ],
     ),
     (
         dict(d_model=256),  # all defaults: expand 2, headdim 64, d_state 128
-        [("dt_bias", (8,)), ("A_log", (8,)), ("D", (8,)), ("in_proj.weight", (1288, 256)),
-         ("conv1d.weight", (768, 1, 4)), ("conv1d.bias", (768,)), ("norm.weight", (512,)),
-         ("out_proj.weight", (256, 512))],
+        [
+            ("dt_bias", (8,)),
+            ("A_log", (8,)),
+            ("D", (8,)),
+            ("in_proj.weight", (1288, 256)),
+            ("conv1d.weight", (768, 1, 4)),
+            ("conv1d.bias", (768,)),
+            ("norm.weight", (512,)),
+            ("out_proj.weight", (256, 512)),
+        ],
     ),
     (
-        dict(d_model=64, d_state=16, d_conv=3, headdim=32, ngroups=2, bias=True, conv_bias=False,
-             D_has_hdim=True, rmsnorm=False),
-        [("dt_bias", (4,)), ("A_log", (4,)), ("D", (128,)), ("in_proj.weight", (324, 64)),
-         ("in_proj.bias", (324,)), ("conv1d.weight", (192, 1, 3)), ("out_proj.weight", (64, 128)),
-         ("out_proj.bias", (64,))],
+        dict(
+            d_model=64,
+            d_state=16,
+            d_conv=3,
+            headdim=32,
+            ngroups=2,
+            bias=True,
+            conv_bias=False,
+            D_has_hdim=True,
+            rmsnorm=False,
+        ),
+        [
+            ("dt_bias", (4,)),
+            ("A_log", (4,)),
+            ("D", (128,)),
+            ("in_proj.weight", (324, 64)),
+            ("in_proj.bias", (324,)),
+            ("conv1d.weight", (192, 1, 3)),
+            ("out_proj.weight", (64, 128)),
+            ("out_proj.bias", (64,)),
+        ],
     ),
 ]
 
@@ -66,8 +96,9 @@ def reference_forward(m: Mamba2, u: torch.Tensor) -> torch.Tensor:
     H, P, G, N = m.nheads, m.headdim, m.ngroups, m.d_state
     zxbcdt = F.linear(u, m.in_proj.weight, m.in_proj.bias)
     z, xBC, dt = zxbcdt.split([m.d_inner, m.d_inner + 2 * G * N, H], dim=-1)
-    conv = F.conv1d(xBC.transpose(1, 2), m.conv1d.weight, m.conv1d.bias, padding=m.d_conv - 1,
-                    groups=xBC.shape[-1])
+    conv = F.conv1d(
+        xBC.transpose(1, 2), m.conv1d.weight, m.conv1d.bias, padding=m.d_conv - 1, groups=xBC.shape[-1]
+    )
     xBC = F.silu(conv[..., :length].transpose(1, 2))
     x, B, C = xBC.split([m.d_inner, G * N, G * N], dim=-1)
     x = x.view(batch, length, H, P)
@@ -82,8 +113,10 @@ def reference_forward(m: Mamba2, u: torch.Tensor) -> torch.Tensor:
     ys = []
     for t in range(length):
         Bt, Ct = B[:, t, group_of_head], C[:, t, group_of_head]  # (batch, H, N)
-        state = torch.exp(dt[:, t] * A)[..., None, None] * state \
+        state = (
+            torch.exp(dt[:, t] * A)[..., None, None] * state
             + (dt[:, t, :, None] * x[:, t])[..., None] * Bt[:, :, None, :]
+        )
         ys.append((state * Ct[:, :, None, :]).sum(-1) + D * x[:, t])
     y = torch.stack(ys, dim=1).flatten(2)
     if not m.rmsnorm:
@@ -146,8 +179,18 @@ def test_matches_huggingface_mamba2_mixer_with_same_state_dict():
     torch.manual_seed(0)
     ours = Mamba2(d_model=64, d_state=16, headdim=16, ngroups=2, chunk_size=32)
     config = Mamba2Config(
-        hidden_size=64, num_heads=8, head_dim=16, n_groups=2, state_size=16, expand=2, conv_kernel=4,
-        chunk_size=32, layer_norm_epsilon=1e-5, use_bias=False, use_conv_bias=True, num_hidden_layers=1,
+        hidden_size=64,
+        num_heads=8,
+        head_dim=16,
+        n_groups=2,
+        state_size=16,
+        expand=2,
+        conv_kernel=4,
+        chunk_size=32,
+        layer_norm_epsilon=1e-5,
+        use_bias=False,
+        use_conv_bias=True,
+        num_hidden_layers=1,
     )
     theirs = Mamba2Mixer(config, layer_idx=0).eval()
     theirs.load_state_dict(ours.state_dict(), strict=True)
@@ -233,13 +276,17 @@ def assert_relative_error(actual: torch.Tensor, expected: torch.Tensor, tol: flo
     mantissa), so elementwise float32 tolerances do not hold; a wrong layout or formula gives errors ~1."""
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     error = ((actual - expected).norm() / expected.norm()).item()
-    assert error <= tol, f"{name}: relative error {error:.2e} > {tol:.0e} (max abs diff " \
+    assert error <= tol, (
+        f"{name}: relative error {error:.2e} > {tol:.0e} (max abs diff "
         f"{(actual - expected).abs().max().item():.2e}, max abs {expected.abs().max().item():.2e})"
+    )
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or cuda_kernels() is None,
-                    reason="needs a CUDA GPU with mamba_ssm and causal_conv1d")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or cuda_kernels() is None,
+    reason="needs a CUDA GPU with mamba_ssm and causal_conv1d",
+)
 def test_cuda_kernels_match_pure_pytorch_path():
     torch.manual_seed(0)
     model = Mamba2(d_model=256, expand=1, ngroups=2)

@@ -34,8 +34,11 @@ def test_chunked_matches_recurrence(length, chunk, nheads, ngroups, with_state, 
     torch.manual_seed(0)
     batch, headdim, dstate = 2, 3, 5
     inputs = make_inputs(batch, length, nheads, headdim, ngroups, dstate)
-    D = {None: None, "head": torch.randn(nheads, dtype=torch.float64),
-         "channel": torch.randn(nheads, headdim, dtype=torch.float64)}[skip]
+    D = {
+        None: None,
+        "head": torch.randn(nheads, dtype=torch.float64),
+        "channel": torch.randn(nheads, headdim, dtype=torch.float64),
+    }[skip]
     state0 = torch.randn(batch, nheads, headdim, dstate, dtype=torch.float64) if with_state else None
     y, final = ssd_chunked(**inputs, chunk_size=chunk, D=D, initial_state=state0, return_final_state=True)
     y_ref, final_ref = ssd_reference(**inputs, D=D, initial_state=state0, return_final_state=True)
@@ -102,9 +105,8 @@ def test_segsum_exp_values_and_mask():
     dA = torch.tensor([-0.5, -1.0, -2.0], dtype=torch.float64)
     out = segsum_exp(dA)
     expected = torch.tensor(
-        [[1.0, torch.e**-1.0, torch.e**-3.0],
-         [0.0, 1.0, torch.e**-2.0],
-         [0.0, 0.0, 1.0]], dtype=torch.float64,
+        [[1.0, torch.e**-1.0, torch.e**-3.0], [0.0, 1.0, torch.e**-2.0], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
     )  # [j, i] = exp(dA[j+1] + ... + dA[i]) for i >= j
     torch.testing.assert_close(out, expected)
 

@@ -70,9 +70,18 @@ def hf_mamba2_like(model: Mamba2) -> nn.Module:
 
     logging.set_verbosity_error()  # it warns on every call that mamba_ssm's kernels are missing
     config = Mamba2Config(
-        hidden_size=model.d_model, num_heads=model.nheads, head_dim=model.headdim, n_groups=model.ngroups,
-        state_size=model.d_state, expand=model.expand, conv_kernel=model.d_conv, chunk_size=model.chunk_size,
-        layer_norm_epsilon=1e-5, use_bias=False, use_conv_bias=True, num_hidden_layers=1,
+        hidden_size=model.d_model,
+        num_heads=model.nheads,
+        head_dim=model.headdim,
+        n_groups=model.ngroups,
+        state_size=model.d_state,
+        expand=model.expand,
+        conv_kernel=model.d_conv,
+        chunk_size=model.chunk_size,
+        layer_norm_epsilon=1e-5,
+        use_bias=False,
+        use_conv_bias=True,
+        num_hidden_layers=1,
     )
     mixer = Mamba2Mixer(config, layer_idx=0)
     mixer.load_state_dict(model.state_dict(), strict=True)
@@ -122,6 +131,7 @@ def peak_extra_mib(call: Callable[[], None]) -> float:
 
 def make_call(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
     if mode == "fwd":
+
         def call() -> None:
             with torch.no_grad():
                 module(x)
@@ -132,6 +142,7 @@ def make_call(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], Non
             module.zero_grad(set_to_none=True)
             x.grad = None
             module(x).square().mean().backward()
+
     return call
 
 
@@ -158,8 +169,10 @@ def run(args: argparse.Namespace) -> dict:
     results = []
     load_start = os.getloadavg()
     if torch.get_num_threads() > 1 and load_start[0] > 0.5:
-        print(f"warning: load average {load_start[0]:.1f}: with {torch.get_num_threads()} threads on shared "
-              "cores every parallel op may wait for a descheduled thread; consider --threads 1")
+        print(
+            f"warning: load average {load_start[0]:.1f}: with {torch.get_num_threads()} threads on shared "
+            "cores every parallel op may wait for a descheduled thread; consider --threads 1"
+        )
     for length in args.lengths:
         x = torch.randn(args.batch, length, d)
         keys = [(impl, mode) for impl in args.impls for mode in args.modes]
@@ -174,17 +187,34 @@ def run(args: argparse.Namespace) -> dict:
             ms = statistics.median(times)
             nominal = flops[impl](length) * args.batch * (1 if mode == "fwd" else 3)
             peak = peak_extra_mib(calls[impl, mode])
-            results.append(dict(
-                impl=impl, mode=mode, length=length, ms=ms, ms_min=min(times), ms_all=times, peak_mib=peak,
-                gflops=nominal / ms / 1e6,
-            ))
+            results.append(
+                dict(
+                    impl=impl,
+                    mode=mode,
+                    length=length,
+                    ms=ms,
+                    ms_min=min(times),
+                    ms_all=times,
+                    peak_mib=peak,
+                    gflops=nominal / ms / 1e6,
+                )
+            )
             print(f"  L={length:5d} {mode:6s} {impl:10s} {ms:9.1f} ms {peak:7.0f} MiB", flush=True)
     return dict(
         config=dict(
-            d_model=d, batch=args.batch, dtype="float32", heads=args.heads, repeats=args.repeats,
-            threads=torch.get_num_threads(), torch=torch.__version__, cpu=cpu_model(),
-            cpu_count=os.cpu_count(), load_average_start=load_start, load_average_end=os.getloadavg(),
-            cpu_chunk=mamba2.cpu_chunk_size, flops_scan_chunk=SCAN_CHUNK,
+            d_model=d,
+            batch=args.batch,
+            dtype="float32",
+            heads=args.heads,
+            repeats=args.repeats,
+            threads=torch.get_num_threads(),
+            torch=torch.__version__,
+            cpu=cpu_model(),
+            cpu_count=os.cpu_count(),
+            load_average_start=load_start,
+            load_average_end=os.getloadavg(),
+            cpu_chunk=mamba2.cpu_chunk_size,
+            flops_scan_chunk=SCAN_CHUNK,
         ),
         results=results,
     )
@@ -228,8 +258,13 @@ def plot(report: dict, path: Path) -> None:
                 ax.plot(*zip(*points, strict=True), marker="o", label=impl)
         config = report["config"]
         what = "forward" if mode == "fwd" else "forward + backward"
-        ax.set(xscale="log", yscale="log", xlabel="sequence length (frames)", ylabel="ms per call (median)",
-               title=f"{what}, batch {config['batch']}, d={config['d_model']}, threads: {config['threads']}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="sequence length (frames)",
+            ylabel="ms per call (median)",
+            title=f"{what}, batch {config['batch']}, d={config['d_model']}, threads: {config['threads']}",
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -65,8 +65,30 @@ BLANK = 0
 FIRST_PRETRAIN_SENTENCE = 1000
 # espeak-ng languages x variants spoken in the corpus, on top of the samples' own SPEAKER_VOICES.
 _LANGUAGES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5",
-             "+klatt", "+klatt2", "+klatt3", "+klatt4", "+steph", "+andy", "+annie", "+belinda", "+max")
+_VARIANTS = (
+    "",
+    "+m1",
+    "+m2",
+    "+m3",
+    "+m4",
+    "+m5",
+    "+m6",
+    "+m7",
+    "+f1",
+    "+f2",
+    "+f3",
+    "+f4",
+    "+f5",
+    "+klatt",
+    "+klatt2",
+    "+klatt3",
+    "+klatt4",
+    "+steph",
+    "+andy",
+    "+annie",
+    "+belinda",
+    "+max",
+)
 
 
 def _load_module(path: Path, name: str):
@@ -318,8 +340,13 @@ class Pretrainer(torch.nn.Module):
         log_probs = self.ctc.lm_head(out.last_hidden_state).log_softmax(-1).transpose(0, 1)
         targets = torch.tensor([c for label in labels for c in label])
         ctc = torch.nn.functional.ctc_loss(
-            log_probs, targets, frame_mask.sum(1), torch.tensor([len(x) for x in labels]),
-            blank=BLANK, reduction="mean", zero_infinity=True,
+            log_probs,
+            targets,
+            frame_mask.sum(1),
+            torch.tensor([len(x) for x in labels]),
+            blank=BLANK,
+            reduction="mean",
+            zero_infinity=True,
         )
         error = (self.mel_head(out.extract_features) - self.log_mel(waves, frame_mask.shape[1])) ** 2
         mel = error.mean(-1)[frame_mask].mean()
@@ -421,12 +448,24 @@ def train(args: argparse.Namespace, train_set: Corpus, heldout: Corpus) -> tuple
         progress.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in running.items()})
         if step % args.eval_every == 0 or step == args.steps:
             cer = evaluate_cer(model.ctc, heldout, args.batch_samples)
-            log.append({"step": step, "epoch": epoch, "ctc_loss": round(running["ctc"], 4),
-                        "mel_loss": round(running["mel"], 4), "heldout_cer": round(cer, 4),
-                        "minutes": round((time.time() - started) / 60, 2)})
+            log.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "ctc_loss": round(running["ctc"], 4),
+                    "mel_loss": round(running["mel"], 4),
+                    "heldout_cer": round(cer, 4),
+                    "minutes": round((time.time() - started) / 60, 2),
+                }
+            )
             progress.write(json.dumps(log[-1]))
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "step": step, "log": log}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "log": log,
+            }
             torch.save(state, checkpoint.with_suffix(".tmp"))
             os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
     progress.close()
@@ -478,46 +517,74 @@ def verify(out: Path) -> None:
 
 def _paragraph(text: str, bullet: bool = False) -> str:
     """One markdown paragraph (or bullet) wrapped at 108 columns."""
-    return textwrap.fill(" ".join(text.split()), width=108, initial_indent="- " if bullet else "",
-                         subsequent_indent="  " if bullet else "")
+    return textwrap.fill(
+        " ".join(text.split()),
+        width=108,
+        initial_indent="- " if bullet else "",
+        subsequent_indent="  " if bullet else "",
+    )
 
 
 def write_readme(out: Path, f: dict) -> None:
     """Model card recording exactly how the weights were made."""
     cfg, last = f["config"], f["log"][-1]
     architecture = [
-        ("conv feature encoder", f"7 layers, {cfg['conv_dim'][0]} channels, kernels {cfg['conv_kernel']}, "
-                                 f"strides {cfg['conv_stride']}: 320 samples (20 ms) a frame"),
-        ("positional conv embedding",
-         f"kernel {cfg['num_conv_pos_embeddings']}, {cfg['num_conv_pos_embedding_groups']} groups"),
-        ("transformer", f"{cfg['num_hidden_layers']} pre-LN layers, hidden {cfg['hidden_size']}, "
-                        f"{cfg['num_attention_heads']} heads, FFN {cfg['intermediate_size']}"),
-        ("dropout", f"hidden {cfg['hidden_dropout']}, attention {cfg['attention_dropout']}, "
-                    f"feat_proj {cfg['feat_proj_dropout']}, layerdrop {cfg['layerdrop']}"),
+        (
+            "conv feature encoder",
+            f"7 layers, {cfg['conv_dim'][0]} channels, kernels {cfg['conv_kernel']}, "
+            f"strides {cfg['conv_stride']}: 320 samples (20 ms) a frame",
+        ),
+        (
+            "positional conv embedding",
+            f"kernel {cfg['num_conv_pos_embeddings']}, {cfg['num_conv_pos_embedding_groups']} groups",
+        ),
+        (
+            "transformer",
+            f"{cfg['num_hidden_layers']} pre-LN layers, hidden {cfg['hidden_size']}, "
+            f"{cfg['num_attention_heads']} heads, FFN {cfg['intermediate_size']}",
+        ),
+        (
+            "dropout",
+            f"hidden {cfg['hidden_dropout']}, attention {cfg['attention_dropout']}, "
+            f"feat_proj {cfg['feat_proj_dropout']}, layerdrop {cfg['layerdrop']}",
+        ),
         ("SpecAugment", f"mask_time_prob {cfg['mask_time_prob']}, length {cfg['mask_time_length']} frames"),
         ("parameters", f"{f['params']:,} (`model.safetensors` {f['disk_bytes'] / 1e6:.2f} MB)"),
         ("CPU forward, 10 s of audio", f"{1000 * f['forward_10s']:.0f} ms (1 thread, best of 5)"),
     ]
-    rows = [f"| {r['step']} | {r['epoch']} | {r['ctc_loss']:.3f} | {r['mel_loss']:.3f} | "
-            f"{100 * r['heldout_cer']:.1f} % | {r['minutes']:.1f} |" for r in f["log"]]
+    rows = [
+        f"| {r['step']} | {r['epoch']} | {r['ctc_loss']:.3f} | {r['mel_loss']:.3f} | "
+        f"{100 * r['heldout_cer']:.1f} % | {r['minutes']:.1f} |"
+        for r in f["log"]
+    ]
     blocks = [
         "# tiny-wav2vec2: a tiny pretrained Wav2Vec2 for tests and the README demo",
-        _paragraph(f"""A {f['params'] / 1e6:.2f} M-parameter `Wav2Vec2Model` with the real wav2vec2
+        _paragraph(f"""A {f["params"] / 1e6:.2f} M-parameter `Wav2Vec2Model` with the real wav2vec2
             architecture, pretrained by supervised character CTC on synthetic English speech, so that sample
             runs start from pretrained weights (as CALD assumes) yet fine-tune in about a minute on two CPU
             cores. It knows espeak-ng speech only. Made, deterministically, by the command below; the
             synthetic corpus is generated in the cache folder (`--cache`) and not committed."""),
         f"    {f['command']}",
         "## Files",
-        "\n".join([
-            _paragraph("`config.json`, `model.safetensors`: the `Wav2Vec2Model` (load with `AutoModel`).",
-                       bullet=True),
-            _paragraph("""`preprocessor_config.json`: `Wav2Vec2FeatureExtractor`, 16 kHz,
-                `do_normalize: true`, `return_attention_mask: true`.""", bullet=True),
-            _paragraph("""`ctc_head.safetensors`: the pretraining CTC head (`weight`, `bias`; vocabulary in
+        "\n".join(
+            [
+                _paragraph(
+                    "`config.json`, `model.safetensors`: the `Wav2Vec2Model` (load with `AutoModel`).",
+                    bullet=True,
+                ),
+                _paragraph(
+                    """`preprocessor_config.json`: `Wav2Vec2FeatureExtractor`, 16 kHz,
+                `do_normalize: true`, `return_attention_mask: true`.""",
+                    bullet=True,
+                ),
+                _paragraph(
+                    """`ctc_head.safetensors`: the pretraining CTC head (`weight`, `bias`; vocabulary in
                 the file metadata, index 0 = blank), kept for tests that check that the weights are pretrained
-                (`tools/make_tiny_wav2vec2.py: load_ctc_head`, `transcribe`).""", bullet=True),
-        ]),
+                (`tools/make_tiny_wav2vec2.py: load_ctc_head`, `transcribe`).""",
+                    bullet=True,
+                ),
+            ]
+        ),
         "## Architecture",
         _paragraph("""`facebook/wav2vec2-large-lv60` style (the CALD paper's source model), shrunk:
             `feat_extract_norm="layer"` and `do_stable_layer_norm=True`. This variant uses the attention mask
@@ -525,39 +592,57 @@ def write_readme(out: Path, f: dict) -> None:
             scratch."""),
         "\n".join(["| part | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in architecture]]),
         "## Pretraining",
-        "\n".join([
-            _paragraph(f"""Data: `english_sentences()` of `tools/make_samples.py` (sentences of the Python
-                documentation), pool positions [{f['skip']}, {f['skip'] + f['num_sentences']}): disjoint from
-                positions [0, {f['skip']}), reserved for the committed sample corpora, and checked against the
-                transcripts of `tests/samples/TEDLIUM_release-3`. {f['num_heldout']} sentences are held out.
-                Each of the other {f['num_train_sentences']} is spoken {f['voices_per_sentence']} times, each
-                time by a random one of {f['num_voices']} espeak-ng voices (languages en, en-us, en-gb-*,
+        "\n".join(
+            [
+                _paragraph(
+                    f"""Data: `english_sentences()` of `tools/make_samples.py` (sentences of the Python
+                documentation), pool positions [{f["skip"]}, {f["skip"] + f["num_sentences"]}): disjoint from
+                positions [0, {f["skip"]}), reserved for the committed sample corpora, and checked against the
+                transcripts of `tests/samples/TEDLIUM_release-3`. {f["num_heldout"]} sentences are held out.
+                Each of the other {f["num_train_sentences"]} is spoken {f["voices_per_sentence"]} times, each
+                time by a random one of {f["num_voices"]} espeak-ng voices (languages en, en-us, en-gb-*,
                 en-029 x variants) at a random speed (120-200 wpm) and pitch (20-80):
-                {f['train_utterances']} utterances, {f['train_hours']:.2f} h at 16 kHz. Half of the training
-                utterances get white noise at 10-40 dB SNR.""", bullet=True),
-            _paragraph("""Inputs: per-utterance zero-mean / unit-variance waveforms (as `do_normalize`),
-                right-padded, with the attention mask.""", bullet=True),
-            _paragraph(f"""Objective: CTC over 28 characters (a-z, apostrophe, space) + blank through a linear
-                head on the last hidden state, plus {f['mel_weight']} x the MSE of a linear regression of
+                {f["train_utterances"]} utterances, {f["train_hours"]:.2f} h at 16 kHz. Half of the training
+                utterances get white noise at 10-40 dB SNR.""",
+                    bullet=True,
+                ),
+                _paragraph(
+                    """Inputs: per-utterance zero-mean / unit-variance waveforms (as `do_normalize`),
+                right-padded, with the attention mask.""",
+                    bullet=True,
+                ),
+                _paragraph(
+                    f"""Objective: CTC over 28 characters (a-z, apostrophe, space) + blank through a linear
+                head on the last hidden state, plus {f["mel_weight"]} x the MSE of a linear regression of
                 standardised 40-band log-mel frames (25 ms windows, 20 ms hop: the conv encoder's receptive
                 field and stride) from the conv features. Without that auxiliary target the randomly
                 initialised conv encoder kept CTC on its all-blank plateau (loss 2.9, CER 100 % after 500
                 steps); with it CTC leaves the plateau after about 250 steps. Neither head is part of the
-                `Wav2Vec2Model`.""", bullet=True),
-            _paragraph(f"""Optimiser: AdamW (betas 0.9/0.98, weight decay 0.01), peak LR {f['lr']},
-                {f['warmup']} warm-up steps, cosine decay to 5% of the peak, gradient clipping at 5;
-                {f['steps']} steps of at most {f['batch_samples'] / SAMPLE_RATE:.0f} s of padded audio;
+                `Wav2Vec2Model`.""",
+                    bullet=True,
+                ),
+                _paragraph(
+                    f"""Optimiser: AdamW (betas 0.9/0.98, weight decay 0.01), peak LR {f["lr"]},
+                {f["warmup"]} warm-up steps, cosine decay to 5% of the peak, gradient clipping at 5;
+                {f["steps"]} steps of at most {f["batch_samples"] / SAMPLE_RATE:.0f} s of padded audio;
                 the first epoch goes from the shortest utterances to the longest, later ones are shuffled;
-                seed {f['seed']}. Wall time {last['minutes']:.1f} min on 1 CPU thread (2 cores shared
+                seed {f["seed"]}. Wall time {last["minutes"]:.1f} min on 1 CPU thread (2 cores shared
                 with other jobs; with 2 threads on the loaded machine, steps were several times slower).""",
-                       bullet=True),
-        ]),
-        "\n".join(["| step | epoch | CTC loss (EMA) | log-mel MSE (EMA) | held-out CER (greedy) | minutes |",
-                   "|---|---|---|---|---|---|", *rows]),
-        _paragraph(f"""Final: training CTC loss {last['ctc_loss']:.3f}; greedy CER
-            {100 * last['heldout_cer']:.1f} % on the {f['num_heldout']} held-out synthetic utterances (unseen
-            sentences, voices drawn like training), and {100 * f['tedlium_sample_cer']:.1f} % on the
-            {f['tedlium_segments']} speech segments of the mini TED-LIUM sample (unseen sentences, its own
+                    bullet=True,
+                ),
+            ]
+        ),
+        "\n".join(
+            [
+                "| step | epoch | CTC loss (EMA) | log-mel MSE (EMA) | held-out CER (greedy) | minutes |",
+                "|---|---|---|---|---|---|",
+                *rows,
+            ]
+        ),
+        _paragraph(f"""Final: training CTC loss {last["ctc_loss"]:.3f}; greedy CER
+            {100 * last["heldout_cer"]:.1f} % on the {f["num_heldout"]} held-out synthetic utterances (unseen
+            sentences, voices drawn like training), and {100 * f["tedlium_sample_cer"]:.1f} % on the
+            {f["tedlium_segments"]} speech segments of the mini TED-LIUM sample (unseen sentences, its own
             markup and noise bursts, never trained on)."""),
     ]
     (out / "README.md").write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
@@ -568,9 +653,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True, help="model folder to (re)write")
-    parser.add_argument("--cache", type=Path,
-                        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cald_brain"
-                        / "tiny-wav2vec2", help="synthetic corpus and training checkpoints (not committed)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "cald_brain"
+        / "tiny-wav2vec2",
+        help="synthetic corpus and training checkpoints (not committed)",
+    )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -616,8 +706,13 @@ def main() -> None:
         "num_voices": len(voice_pool()),
         "train_utterances": len(train_set),
         "train_hours": train_set.hours(),
-        "lr": args.lr, "warmup": args.warmup, "steps": args.steps, "batch_samples": args.batch_samples,
-        "mel_weight": args.mel_weight, "seed": args.seed, "log": log,
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "batch_samples": args.batch_samples,
+        "mel_weight": args.mel_weight,
+        "seed": args.seed,
+        "log": log,
         "tedlium_sample_cer": tedlium_sample_cer(encoder, load_ctc_head(args.out)[0]),
         "tedlium_segments": len(tedlium_sample_segments()),
     }

@@ -102,7 +102,12 @@ class RMSNormGated(nn.Module):
         kernels = use_cuda_kernels(x)
         if kernels is not None:
             return kernels.rmsnorm_fn(
-                x, self.weight, None, z=z, eps=self.eps, group_size=self.group_size,
+                x,
+                self.weight,
+                None,
+                z=z,
+                eps=self.eps,
+                group_size=self.group_size,
                 norm_before_gate=self.norm_before_gate,
             )
         dtype = x.dtype
@@ -181,8 +186,13 @@ class Mamba2(nn.Module):
         d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads
         self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory_kwargs)
         self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim, padding=d_conv - 1,
-            bias=conv_bias, **factory_kwargs,
+            self.conv_dim,
+            self.conv_dim,
+            kernel_size=d_conv,
+            groups=self.conv_dim,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **factory_kwargs,
         )
         # dt_bias = softplus⁻¹(dt), dt log-uniform in [dt_min, dt_max], floored at dt_init_floor.
         log_dt = torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
@@ -195,7 +205,10 @@ class Mamba2(nn.Module):
             param._no_weight_decay = True
         if rmsnorm:
             self.norm = RMSNormGated(
-                self.d_ssm, eps=1e-5, norm_before_gate=norm_before_gate, group_size=self.d_ssm // ngroups,
+                self.d_ssm,
+                eps=1e-5,
+                norm_before_gate=norm_before_gate,
+                group_size=self.d_ssm // ngroups,
                 **factory_kwargs,
             )
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
@@ -239,9 +252,17 @@ class Mamba2(nn.Module):
         C = C.unflatten(-1, (self.ngroups, self.d_state))
         if kernels is not None:
             y = kernels.mamba_chunk_scan_combined(
-                x, dt, A, B, C, chunk_size=self.chunk_size, D=self._skip(),
+                x,
+                dt,
+                A,
+                B,
+                C,
+                chunk_size=self.chunk_size,
+                D=self._skip(),
                 z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
-                dt_bias=self.dt_bias, dt_softplus=True, **self._dt_limit_kwargs(),
+                dt_bias=self.dt_bias,
+                dt_softplus=True,
+                **self._dt_limit_kwargs(),
             ).flatten(2)
         else:
             dt = F.softplus(dt.to(A.dtype) + self.dt_bias.to(A.dtype))

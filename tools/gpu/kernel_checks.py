@@ -67,9 +67,17 @@ def check_imports() -> None:
     scan, _ = try_import("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
     for label, fn in [
         ("causal_conv1d_fn", lambda: conv(x, torch.randn(64, 4, device="cuda"), None, activation="silu")),
-        ("selective_scan_fn", lambda: scan(
-            x, torch.rand_like(x), -torch.rand(64, 16, device="cuda"), torch.randn(2, 16, 50, device="cuda"),
-            torch.randn(2, 16, 50, device="cuda"), delta_softplus=True)),
+        (
+            "selective_scan_fn",
+            lambda: scan(
+                x,
+                torch.rand_like(x),
+                -torch.rand(64, 16, device="cuda"),
+                torch.randn(2, 16, 50, device="cuda"),
+                torch.randn(2, 16, 50, device="cuda"),
+                delta_softplus=True,
+            ),
+        ),
     ]:
         try:
             out = fn()
@@ -99,8 +107,9 @@ def mamba2_kernels(triton_only: bool = False) -> tuple[SimpleNamespace | None, s
         return None, "none"
     conv = None if triton_only else try_import("causal_conv1d", "causal_conv1d_fn")[0]
     label = "triton-only" + ("" if conv else " (torch conv)")
-    return SimpleNamespace(causal_conv1d_fn=conv or causal_conv1d_torch, mamba_chunk_scan_combined=scan,
-                           rmsnorm_fn=norm), label
+    return SimpleNamespace(
+        causal_conv1d_fn=conv or causal_conv1d_torch, mamba_chunk_scan_combined=scan, rmsnorm_fn=norm
+    ), label
 
 
 def set_path(kernels: SimpleNamespace | None) -> None:
@@ -134,11 +143,15 @@ def accuracy(name, model, u, lengths, kernels) -> None:
     out_t, grads_t = run_once(model, u, lengths, backward=True)
     rel, mx = errors(out_k, out_t)
     names = ["input"] + [n for n, _ in model.named_parameters()]
-    worst = max(((errors(gk, gt)[0], n) for n, gk, gt in zip(names, grads_k, grads_t, strict=True)
-                 if gk is not None), default=(float("nan"), "-"))
+    worst = max(
+        ((errors(gk, gt)[0], n) for n, gk, gt in zip(names, grads_k, grads_t, strict=True) if gk is not None),
+        default=(float("nan"), "-"),
+    )
     rel_in, _ = errors(grads_k[0], grads_t[0])
-    print(f"  {name:34s} out rel {rel:8.1e} max {mx:8.1e} | grad input rel {rel_in:8.1e} | "
-          f"worst param grad rel {worst[0]:8.1e} ({worst[1]})")
+    print(
+        f"  {name:34s} out rel {rel:8.1e} max {mx:8.1e} | grad input rel {rel_in:8.1e} | "
+        f"worst param grad rel {worst[0]:8.1e} ({worst[1]})"
+    )
 
 
 def timed(fn, repeats: int) -> float:
@@ -165,15 +178,20 @@ def time_row(model, shape, dtype, kernels) -> str:
         ms[path, "fb"] = timed(lambda: run_once(model, u, None, True), 5)
     return " | ".join(
         f"{ms['torch', mode]:9.2f} {ms['kern', mode]:9.2f} {ms['torch', mode] / ms['kern', mode]:5.1f}"
-        for mode in ("fwd", "fb"))
+        for mode in ("fwd", "fb")
+    )
 
 
 def timings(kernels, dtype, deadline: float) -> None:
     print(f"\n== timings, {str(dtype)[6:]}, ms (median of 5; CUDA events), batch 8, d_model 768")
-    print(f"  {'model':26s} {'L':>5s} | {'fwd torch':>9s} {'fwd kern':>9s} {'x':>5s} | "
-          f"{'f+b torch':>9s} {'f+b kern':>9s} {'x':>5s}")
-    rows = [("BiMamba2(768)", lambda: BiMamba2(768)),
-            ("Mamba2(768, expand=1)", lambda: Mamba2(768, expand=1))]
+    print(
+        f"  {'model':26s} {'L':>5s} | {'fwd torch':>9s} {'fwd kern':>9s} {'x':>5s} | "
+        f"{'f+b torch':>9s} {'f+b kern':>9s} {'x':>5s}"
+    )
+    rows = [
+        ("BiMamba2(768)", lambda: BiMamba2(768)),
+        ("Mamba2(768, expand=1)", lambda: Mamba2(768, expand=1)),
+    ]
     if cuda_kernels() is not None:
         rows.append(("Mamba(768) (v1)", lambda: Mamba(768)))  # its torch path loops over steps: L=1000 only
     for length in (1000, 4000):
@@ -224,8 +242,10 @@ def report(deadline: float, bf16: bool) -> None:
         ("BiMamba2(256), lengths 700/513/64/1", BiMamba2(256), (4, 700, 256), lengths),
     ]
     if cuda_kernels() is not None:
-        cases += [("Mamba(64) fast path", Mamba(64), (2, 300, 64), None),
-                  ("Mamba(64) unfused", Mamba(64, use_fast_path=False), (2, 300, 64), None)]
+        cases += [
+            ("Mamba(64) fast path", Mamba(64), (2, 300, 64), None),
+            ("Mamba(64) unfused", Mamba(64, use_fast_path=False), (2, 300, 64), None),
+        ]
     for name, model, shape, lens in cases:
         if time.time() > deadline - 20:
             print(f"  {name}: skipped (deadline)")
@@ -246,12 +266,20 @@ def report(deadline: float, bf16: bool) -> None:
 # configurations per head size, state size and dtype) is what costs; its results go to Triton's disk cache
 # (TRITON_CACHE_AUTOTUNING=1), so later processes only load them.
 WARMUP = [
-    ("Mamba2(256, expand=1, ngroups=2) float32", lambda: Mamba2(256, expand=1, ngroups=2), torch.float32,
-     True),
+    (
+        "Mamba2(256, expand=1, ngroups=2) float32",
+        lambda: Mamba2(256, expand=1, ngroups=2),
+        torch.float32,
+        True,
+    ),
     ("BiMamba2(256) float32", lambda: BiMamba2(256), torch.float32, True),
     ("BiMamba2(768) float32", lambda: BiMamba2(768), torch.float32, True),
-    ("Mamba2(36, d_state=5, headdim=12) forward", lambda: Mamba2(36, d_state=5, headdim=12, expand=1),
-     torch.float32, False),
+    (
+        "Mamba2(36, d_state=5, headdim=12) forward",
+        lambda: Mamba2(36, d_state=5, headdim=12, expand=1),
+        torch.float32,
+        False,
+    ),
     ("BiMamba2(768) bfloat16", lambda: BiMamba2(768), torch.bfloat16, True),
 ]
 
@@ -276,12 +304,18 @@ def warmup(items: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=["imports", "warmup", "report"])
     parser.add_argument("--deadline", type=float, default=time.time() + 300, help="unix time to stop by")
     parser.add_argument("--no-bf16", action="store_true", help="time float32 only")
-    parser.add_argument("--items", type=int, nargs="+", default=list(range(len(WARMUP))),
-                        help="warm-up: which items of WARMUP, in this order (default all)")
+    parser.add_argument(
+        "--items",
+        type=int,
+        nargs="+",
+        default=list(range(len(WARMUP))),
+        help="warm-up: which items of WARMUP, in this order (default all)",
+    )
     args = parser.parse_args()
     if args.what == "imports":
         check_imports()
