@@ -14,57 +14,29 @@ from cald_brain.mixers.mamba2 import Mamba2, causal_conv1d_silu
 # Parameter names and shapes of mamba_ssm.modules.mamba2.Mamba2 (2.x), in state_dict order, written out by
 # hand from its source: d_inner = expand * d_model, nheads = d_inner / headdim,
 # in_proj rows = 2 d_inner + 2 ngroups d_state + nheads, conv channels = d_inner + 2 ngroups d_state.
+# fmt: off
 LAYOUTS = [
     (
         dict(d_model=768, expand=1),
-        [
-            ("dt_bias", (12,)),
-            ("A_log", (12,)),
-            ("D", (12,)),
-            ("in_proj.weight", (1804, 768)),
-            ("conv1d.weight", (1024, 1, 4)),
-            ("conv1d.bias", (1024,)),
-            ("norm.weight", (768,)),
-            ("out_proj.weight", (768, 768)),
-        ],
+        [("dt_bias", (12,)), ("A_log", (12,)), ("D", (12,)), ("in_proj.weight", (1804, 768)),
+         ("conv1d.weight", (1024, 1, 4)), ("conv1d.bias", (1024,)), ("norm.weight", (768,)),
+         ("out_proj.weight", (768, 768))],
     ),
     (
         dict(d_model=256),  # all defaults: expand 2, headdim 64, d_state 128
-        [
-            ("dt_bias", (8,)),
-            ("A_log", (8,)),
-            ("D", (8,)),
-            ("in_proj.weight", (1288, 256)),
-            ("conv1d.weight", (768, 1, 4)),
-            ("conv1d.bias", (768,)),
-            ("norm.weight", (512,)),
-            ("out_proj.weight", (256, 512)),
-        ],
+        [("dt_bias", (8,)), ("A_log", (8,)), ("D", (8,)), ("in_proj.weight", (1288, 256)),
+         ("conv1d.weight", (768, 1, 4)), ("conv1d.bias", (768,)), ("norm.weight", (512,)),
+         ("out_proj.weight", (256, 512))],
     ),
     (
-        dict(
-            d_model=64,
-            d_state=16,
-            d_conv=3,
-            headdim=32,
-            ngroups=2,
-            bias=True,
-            conv_bias=False,
-            D_has_hdim=True,
-            rmsnorm=False,
-        ),
-        [
-            ("dt_bias", (4,)),
-            ("A_log", (4,)),
-            ("D", (128,)),
-            ("in_proj.weight", (324, 64)),
-            ("in_proj.bias", (324,)),
-            ("conv1d.weight", (192, 1, 3)),
-            ("out_proj.weight", (64, 128)),
-            ("out_proj.bias", (64,)),
-        ],
+        dict(d_model=64, d_state=16, d_conv=3, headdim=32, ngroups=2, bias=True, conv_bias=False,
+             D_has_hdim=True, rmsnorm=False),
+        [("dt_bias", (4,)), ("A_log", (4,)), ("D", (128,)), ("in_proj.weight", (324, 64)),
+         ("in_proj.bias", (324,)), ("conv1d.weight", (192, 1, 3)), ("out_proj.weight", (64, 128)),
+         ("out_proj.bias", (64,))],
     ),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("kwargs,expected", LAYOUTS)
