@@ -28,7 +28,7 @@ from cald_brain.distill.losses import (
     logit_distillation_loss,
 )
 from cald_brain.distill.teachers import SNAPSHOT_DIRNAME, Teacher, save_snapshot
-from cald_brain.optim import param_groups
+from cald_brain.optim import NO_DECAY_MODULES, param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class CALDBrain(sb.Brain):
         self.snapshot_folder = hparams.get("snapshot_folder")
         self.lr_scheduler_class = hparams.get("lr_scheduler")
         self.lr_by_prefix = hparams.get("lr_by_prefix")
+        self.weight_decay = hparams.get("weight_decay")
+        self.no_decay_modules = hparams.get("no_decay_modules", NO_DECAY_MODULES)
         self.lr_scheduler = None
         self.student = self.modules.student  # unwrapped: what checkpoints and snapshots save
         if self.checkpointer is not None:
@@ -202,14 +204,20 @@ class CALDBrain(sb.Brain):
         self.guidance.start(self.optimizer_step)
 
     def init_optimizers(self):
-        """SpeechBrain's student optimizer (`opt_class`), with `lr_by_prefix` parameter groups over the
-        student's parameter names when set, plus the optional step-wise `lr_scheduler`."""
-        if self.lr_by_prefix and self.opt_class is not None:
+        """SpeechBrain's student optimizer (`opt_class`), with `lr_by_prefix` / `weight_decay` parameter
+        groups over the student's parameter names when set, plus the optional step-wise `lr_scheduler`."""
+        if (self.lr_by_prefix or self.weight_decay is not None) and self.opt_class is not None:
             student_ids = {id(p) for p in self.student.parameters()}
-            groups = param_groups(self.student.named_parameters(), self.lr_by_prefix)
-            others = [p for p in self.modules.parameters() if p.requires_grad and id(p) not in student_ids]
+            groups = param_groups(
+                self.student.named_parameters(), self.lr_by_prefix, self.weight_decay, self.no_decay_modules
+            )
+            others = [
+                (n, p)
+                for n, p in self.modules.named_parameters()
+                if p.requires_grad and id(p) not in student_ids
+            ]
             if others:  # other trainable modules keep the optimizer's lr
-                groups.append({"params": others})
+                groups += param_groups(others, None, self.weight_decay, self.no_decay_modules)
             self.optimizer = self.opt_class(groups)
             self.optimizers_dict = {"opt_class": self.optimizer}
             if self.checkpointer is not None:
@@ -365,6 +373,32 @@ class CALDBrain(sb.Brain):
             plan.teacher.step(self.max_grad_norm)
         if self.snapshot_every_steps > 0 and self.optimizer_step % self.snapshot_every_steps == 0:
             self._save_snapshot()
+
+    def optimizers_step(self):
+        """SpeechBrain's optimizers_step, but clipping the gradient norm over every parameter group of each
+        optimizer (SpeechBrain clips only `param_groups[0]`, which leaves e.g. an `lr_by_prefix` head or the
+        no-decay group unclipped), like the reference's clip over all parameters. `max_grad_norm` None or
+        <= 0: no clipping."""
+        if self.optimizers_dict is not None:
+            valid_optimizers = self.freeze_optimizers(self.optimizers_dict)
+        elif self.opt_class is not None:
+            valid_optimizers = {"optimizer": self.optimizer}
+        else:
+            return
+        for opt in valid_optimizers.values():
+            self.scaler.unscale_(opt)
+        if self.max_grad_norm is not None and self.max_grad_norm > 0:
+            for opt in valid_optimizers.values():
+                params = [p for group in opt.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
+            self.check_gradients()
+        for opt in valid_optimizers.values():
+            self.scaler.step(opt)
+        self.scaler.update()
+        for opt in valid_optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
 
     def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
         """SpeechBrain's intra-epoch checkpoint decision, deferred to the end of an accumulation window: the
