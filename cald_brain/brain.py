@@ -20,6 +20,7 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain.utils.distributed import if_main_process
 from torch.utils.data import DataLoader
 
+from cald_brain.data.sampling import DurationBatchSampler
 from cald_brain.distill.guidance import Guidance, StepPlan, config_from_hparams
 from cald_brain.distill.losses import (
     DistillLossConfig,
@@ -176,6 +177,15 @@ class CALDBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self._train_loader = loader
         return loader
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        """A DurationBatchSampler goes to the DataLoader as it is: it shards itself under DDP (SpeechBrain's
+        DistributedSamplerWrapper needs a length fixed at construction, which the curriculum changes), and it
+        becomes `train_sampler` so that SpeechBrain calls its `set_epoch` every epoch (also without DDP)."""
+        if isinstance(loader_kwargs.get("batch_sampler"), DurationBatchSampler):
+            self.train_sampler = loader_kwargs["batch_sampler"]
+            return loader_kwargs
+        return super()._train_loader_specifics(dataset, loader_kwargs)
 
     def total_optimizer_steps(self) -> int | None:
         """Planned optimizer steps of the run: optimizer_step_limit, else epochs × steps per epoch."""
