@@ -1,4 +1,4 @@
-"""DurationBatchSampler: the reference's packing, bucketed shuffling and length curriculum, and exact resume."""
+"""DurationBatchSampler: the reference's packing, bucketed shuffling, length curriculum; exact resume."""
 
 import pytest
 import torch
@@ -81,7 +81,7 @@ def test_curriculum_skips_long_and_short_text_utterances_until_the_warmup_ends()
     batches = s.batches(1)
     excluded = {i for i in range(60) if s.lengths[i] > 2500 or s.text_lengths[i] <= 2}
     assert 0 < len(excluded) < 60
-    first_back = next(n for n, b in enumerate(batches) if excluded & set(b))  # the curriculum ended in epoch 1
+    first_back = next(n for n, b in enumerate(batches) if excluded & set(b))  # curriculum ended in epoch 1
     assert first_back >= 4  # not before 4 micro-batches were planned
     items = [i for b in batches for i in b]
     assert len(items) < 60 and len(set(items)) == len(items)  # the skipped ones are dropped for the epoch
@@ -124,7 +124,7 @@ class RecordingBrain(ToyBrain):
 
 def toy_sampler_run(folder, kill_at: int = 0) -> list:
     dataset = make_dataset(n_items=30)
-    for data_id, item in dataset.data.items():
+    for item in dataset.data.values():
         item["duration"] = len(item["x"]) / RATE  # frames as "samples"
     brain = make_brain(
         folder, brain_class=RecordingBrain, run_opts={"ckpt_interval_steps": 1, "grad_accumulation_factor": 2}

@@ -3,7 +3,7 @@
 The reference (speech/dataloader.py `Feeder`) reads utterances in a shuffled order, takes them in buckets of
 `bucket_size`, sorts each bucket by length, packs it greedily into micro-batches (a new batch starts when one
 more utterance would make items × longest length exceed `max_batch_samples`, items × longest² exceed
-`max_batch_quad_samples`, or the batch would exceed `max_batch_items`), and shuffles the batches of the bucket.
+`max_batch_quad_samples`, or the batch exceed `max_batch_items`), and shuffles the batches of the bucket.
 During the first `data_warmup_steps` optimizer steps it skips utterances longer than `warmup_max_samples`
 (10 s) or shorter than `warmup_min_samples`, and those whose transcript has at most `warmup_text_longer_than`
 characters; afterwards nothing is skipped.
@@ -72,8 +72,8 @@ class DurationBatchSampler(Sampler[list[int]]):
     ):
         if max_batch_samples <= 0 or max_batch_items < 1 or bucket_size < 1:
             raise ValueError(
-                "DurationBatchSampler needs max_batch_samples > 0, max_batch_items >= 1 and bucket_size >= 1; "
-                f"got {max_batch_samples}, {max_batch_items}, {bucket_size}"
+                "DurationBatchSampler needs max_batch_samples > 0, max_batch_items >= 1 and "
+                f"bucket_size >= 1; got {max_batch_samples}, {max_batch_items}, {bucket_size}"
             )
         if data_warmup_steps < 0 or grad_accumulation_factor < 1:
             raise ValueError(
