@@ -380,7 +380,7 @@ class CALDBrain(sb.Brain):
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         if plan.update_teacher:
-            plan.teacher.step(self.max_grad_norm)
+            plan.teacher.step()
         if self.snapshot_every_steps > 0 and self.optimizer_step % self.snapshot_every_steps == 0:
             self._save_snapshot()
 

@@ -220,3 +220,54 @@ def test_guidance_state_roundtrip(tmp_path):
     g2 = guidance(guidance_mode="waypoint", teacher_path=str(tmp_path))
     g2._recover(tmp_path / "guidance.ckpt", end_of_epoch=False)
     assert g2.recovered_state == {"mode": "waypoint", "step": 2, "waypoint": 4, "released": False}
+
+
+def test_hybrid_keep_kd_drops_only_the_layerwise_term_at_the_switch(tmp_path):
+    """The reference's TED-LIUM hybrid: alpha_LD -> 0 at the switch, logit distillation from the frozen
+    teacher goes on (so the teacher stays loaded, also when resuming past the switch)."""
+    torch.save(marked_state(1.0), tmp_path / "t.ckpt")
+    keys = dict(
+        guidance_mode="hybrid",
+        teacher_path=str(tmp_path / "t.ckpt"),
+        distill_until_step=3,
+        alpha_kd=1.0,
+        hybrid_keep_kd=True,
+    )
+    g = guidance(**keys)
+    g.start(0)
+    plans = [g.plan(step) for step in range(6)]
+    assert all(p.teacher is g.teacher and p.alpha_kd == 1.0 and not p.update_teacher for p in plans)
+    assert [p.alpha_ld for p in plans] == [15.0, 15.0, 15.0, 0.0, 0.0, 0.0]
+    assert not g.released
+    resumed = guidance(**keys)
+    resumed.start(25)  # resumed past the switch: the teacher is still loaded for KD
+    assert head_mark(resumed.teacher.net) == 1.0 and resumed.plan(25).alpha_kd == 1.0
+    with pytest.raises(ValueError, match="hybrid_keep_kd.*alpha_kd > 0"):
+        GuidanceConfig(guidance_mode="hybrid", hybrid_keep_kd=True)
+    with pytest.raises(ValueError, match="hybrid_keep_kd.*guidance_mode hybrid"):
+        GuidanceConfig(guidance_mode="target", hybrid_keep_kd=True, alpha_kd=1.0)
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.01])
+def test_joint_teacher_clipping_is_its_own_setting(max_grad_norm):
+    """teacher_max_grad_norm None (the reference) leaves the teacher's gradient as it is."""
+    g = guidance(
+        guidance_mode="trajectory",
+        teacher_opt_class=lambda params: torch.optim.SGD(params, lr=1.0),
+        teacher_max_grad_norm=max_grad_norm,
+    )
+    net = g.teacher.net
+    before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+    x, lengths = torch.randn(2, 5, 6), torch.tensor([5, 3])
+    loss = net(x, lengths).logits.pow(2).sum() * 100
+    grad_norm = torch.linalg.vector_norm(
+        torch.cat(
+            [g_.flatten() for g_ in torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)]
+        )
+    )
+    g.teacher.backward(loss, 1)
+    g.teacher.step()
+    moved = torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in net.parameters()]) - before)
+    expected = grad_norm if max_grad_norm is None else torch.tensor(max_grad_norm)
+    assert grad_norm > 1.0
+    torch.testing.assert_close(moved, expected, rtol=1e-4, atol=0)

@@ -19,6 +19,7 @@ from cald_brain.distill.teachers import (
     Teacher,
     load_state_dict,
 )
+from cald_brain.optim import NO_DECAY_MODULES
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,13 @@ class GuidanceConfig:
     teacher_update_cycle: int = 1
     teacher_opt_class: Any = None
     teacher_lr_scheduler: Any = None
+    teacher_max_grad_norm: float | None = None
     lr_by_prefix: dict[str, float] | None = None
+    weight_decay: float | None = None
+    no_decay_modules: tuple[str, ...] = NO_DECAY_MODULES
     distill_until_step: int | None = None
     distill_until_fraction: float | None = None
+    hybrid_keep_kd: bool = False
     alpha_task: float = 1.0
     alpha_kd: float = 0.0
     alpha_ld: float = 15.0
@@ -64,6 +69,11 @@ class GuidanceConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.alpha_task == 0 and self.guidance_mode in ("unguided", "hybrid"):
             raise ValueError(f"alpha_task=0 leaves nothing to train with guidance_mode={self.guidance_mode}")
+        if self.hybrid_keep_kd and (self.guidance_mode != "hybrid" or self.alpha_kd <= 0):
+            raise ValueError(
+                "hybrid_keep_kd: true keeps logit distillation after the hybrid switch: it needs "
+                f"guidance_mode hybrid and alpha_kd > 0 (got {self.guidance_mode}, alpha_kd={self.alpha_kd})"
+            )
 
 
 @dataclass(frozen=True)
@@ -149,10 +159,14 @@ class Guidance:
                 cfg.teacher_update_cycle,
                 cfg.teacher_train_mode,
                 cfg.lr_by_prefix,
+                cfg.teacher_max_grad_norm,
+                cfg.weight_decay,
+                cfg.no_decay_modules,
             )
         if self.mode == "hybrid":
             self.switch_step = self._resolve_switch_step(total_steps)
-            logger.info(f"Hybrid guidance: distillation until optimizer step {self.switch_step}")
+            kept = "; logit distillation kept after it" if cfg.hybrid_keep_kd else ""
+            logger.info(f"Hybrid guidance: distillation until optimizer step {self.switch_step}{kept}")
         self.teacher.setup(device, grad_scaler)
 
     def _resolve_switch_step(self, total_steps: int | None) -> int:
@@ -193,7 +207,7 @@ class Guidance:
             logger.warning(
                 f"Resuming a {self.recovered_state['mode']}-guided checkpoint with guidance_mode={self.mode}"
             )
-        if self._distilling(step) or self.teacher.trainable:
+        if self._needs_teacher(step):
             self.teacher.start(step)
         else:
             self._release(step)
@@ -214,26 +228,31 @@ class Guidance:
 
     # --- per step -------------------------------------------------------------------------------------------
 
-    def _distilling(self, step: int) -> bool:
+    def _switched(self, step: int) -> bool:
+        """Past the hybrid switch (never for the other modes)."""
+        return self.switch_step is not None and step >= self.switch_step
+
+    def _needs_teacher(self, step: int) -> bool:
         if self.teacher is None:
             return False
-        return self.switch_step is None or step < self.switch_step
+        return self.teacher.trainable or not self._switched(step) or self.config.hybrid_keep_kd
 
     def plan(self, step: int) -> StepPlan:
         """The plan for optimizer step `step` (= optimizer steps already done). Switches the teacher's weights
-        when needed (waypoint) and frees the teacher at the hybrid switch."""
+        when needed (waypoint); at the hybrid switch drops the layerwise term, and the teacher too (freed)
+        unless `hybrid_keep_kd` keeps logit distillation from it."""
         cfg = self.config
         self.last_step = step
-        if not self._distilling(step):
-            if self.teacher is not None and not self.teacher.trainable:
+        if not self._needs_teacher(step):
+            if self.teacher is not None:
                 self._release(step)
             return StepPlan(None, cfg.alpha_task, 0.0, 0.0)
+        alpha_ld = 0.0 if self._switched(step) else cfg.alpha_ld
         update = self.teacher.trainable and self.teacher.updates_at(step)
-        distill = cfg.alpha_kd > 0 or cfg.alpha_ld > 0
-        if not (distill or update):
+        if not (cfg.alpha_kd > 0 or alpha_ld > 0 or update):
             return StepPlan(None, cfg.alpha_task, 0.0, 0.0)
         self.teacher.prepare(step)
-        return StepPlan(self.teacher, cfg.alpha_task, cfg.alpha_kd, cfg.alpha_ld, update)
+        return StepPlan(self.teacher, cfg.alpha_task, cfg.alpha_kd, alpha_ld, update)
 
     def _release(self, step: int) -> None:
         if not self.released:

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
 
-from cald_brain.optim import param_groups
+from cald_brain.optim import NO_DECAY_MODULES, param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,9 @@ class SnapshotTeacher(Teacher):
 
 class JointTeacher(Teacher):
     """Trajectory teacher: trained on the task loss in the same run, stepping every `update_cycle` student
-    optimizer steps (on steps t with (t + 1) % update_cycle == 0)."""
+    optimizer steps (on steps t with (t + 1) % update_cycle == 0). Its gradient norm is clipped at
+    `max_grad_norm` (None: not clipped, as the reference's joint teacher); `lr_by_prefix`, `weight_decay` and
+    `no_decay_modules` build its parameter groups like the student's (cald_brain.optim.param_groups)."""
 
     trainable = True
 
@@ -272,9 +274,14 @@ class JointTeacher(Teacher):
         update_cycle: int = 1,
         train_mode: bool = True,
         lr_by_prefix: dict[str, float] | None = None,
+        max_grad_norm: float | None = None,
+        weight_decay: float | None = None,
+        no_decay_modules: tuple[str, ...] = NO_DECAY_MODULES,
     ):
         super().__init__(net, train_mode, source="teacher_net (trained jointly)")
         self.lr_by_prefix = lr_by_prefix
+        self.max_grad_norm = max_grad_norm
+        self.weight_decay, self.no_decay_modules = weight_decay, no_decay_modules
         if update_cycle < 1:
             raise ValueError(f"teacher_update_cycle must be >= 1, got {update_cycle}")
         self.opt_class, self.lr_scheduler_class = opt_class, lr_scheduler
@@ -288,7 +295,11 @@ class JointTeacher(Teacher):
         super().setup(device, grad_scaler)
         if not any(p.requires_grad for p in self.net.parameters()):
             raise ValueError("trajectory teacher_net has no trainable parameters")
-        self.optimizer = self.opt_class(param_groups(self.net.named_parameters(), self.lr_by_prefix))
+        self.optimizer = self.opt_class(
+            param_groups(
+                self.net.named_parameters(), self.lr_by_prefix, self.weight_decay, self.no_decay_modules
+            )
+        )
         if self.lr_scheduler_class is not None:
             self.lr_scheduler = self.lr_scheduler_class(self.optimizer)
         self.scaler = torch.GradScaler(torch.device(device).type, enabled=grad_scaler)
@@ -309,7 +320,7 @@ class JointTeacher(Teacher):
         """Back-propagate the teacher's task loss of one micro-batch (scaled like the student's)."""
         self.scaler.scale(loss / accumulation).backward()
 
-    def step(self, max_grad_norm: float) -> None:
+    def step(self) -> None:
         """Average gradients across ranks (the teacher is not DDP-wrapped), clip, step, advance the LR."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -318,8 +329,8 @@ class JointTeacher(Teacher):
                     p.grad = torch.zeros_like(p)
             all_reduce_mean([p.grad for p in params])
         self.scaler.unscale_(self.optimizer)
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if self.max_grad_norm is not None and self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
