@@ -25,6 +25,7 @@ from cald_brain.distill.guidance import Guidance, StepPlan, config_from_hparams
 from cald_brain.distill.losses import (
     DistillLossConfig,
     check_hidden_match,
+    distill_scale_factor,
     layerwise_distillation_loss,
     logit_distillation_loss,
 )
@@ -315,8 +316,10 @@ class CALDBrain(sb.Brain):
     def _objective(
         self, plan: StepPlan, student: ModelOutputs, teacher: ModelOutputs | None, batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(alpha_task * task + alpha_kd * KD + alpha_ld * LD, every term for logging)."""
+        """(alpha_task * task + scale * (alpha_kd * KD + alpha_ld * LD), every term for logging; scale from
+        `distill_scale`)."""
         cfg = self.loss_config
+        scale = distill_scale_factor(cfg.distill_scale, self.grad_accumulation_factor)
         task = self.task_loss(student, batch, sb.Stage.TRAIN)
         terms = {"task": task}
         loss = plan.alpha_task * task if plan.alpha_task > 0 else task.new_zeros(())
@@ -333,7 +336,7 @@ class CALDBrain(sb.Brain):
                     cfg.ld_skip_first,
                     cfg.ld_skip_last,
                 )
-                loss = loss + plan.alpha_ld * ld
+                loss = loss + plan.alpha_ld * scale * ld
                 terms["ld"] = ld
                 terms.update({f"ld_{i}": value for i, value in per_layer.items()})
             if plan.alpha_kd > 0:
@@ -345,7 +348,7 @@ class CALDBrain(sb.Brain):
                     cfg.kd_temperature_squared,
                     cfg.loss_reduction,
                 )
-                loss = loss + plan.alpha_kd * kd
+                loss = loss + plan.alpha_kd * scale * kd
                 terms["kd"] = kd
             if plan.update_teacher:
                 terms["teacher_task"] = self.task_loss(teacher, batch, sb.Stage.TRAIN)

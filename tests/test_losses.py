@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from cald_brain.distill.losses import (
     DistillLossConfig,
+    distill_scale_factor,
     layerwise_distillation_loss,
     logit_distillation_loss,
     normalize_hidden,
@@ -185,3 +186,81 @@ def test_kd_gradient_only_to_student_and_bf16_inputs():
     assert zt.grad is None and zs.grad is not None
     loss = logit_distillation_loss(zs.detach().bfloat16(), zt.detach().bfloat16())
     assert loss.dtype == torch.float32
+
+
+# --- loss scale over an accumulation window: the reference's normalisation --------------------------------
+
+
+def reference_window_objective(batches, alpha_ld: float, alpha_kd: float) -> torch.Tensor:
+    """speech/models/model.py compute_loss (loss_normalize_type='sample') + train_distill.py over one window:
+    each micro-batch adds CTC sums + alpha * distillation sums * (its characters / the window's output
+    frames); the summed gradient is divided by the window's characters."""
+    window_frames = sum(int(b["mask"].sum()) for b in batches)
+    window_chars = sum(b["chars"] for b in batches)
+    total = torch.zeros(())
+    for b in batches:
+        mask = b["mask"][..., None].float()
+        layer_sums = [
+            F.mse_loss(
+                F.layer_norm(t * mask, t.shape[-1:]), F.layer_norm(s * mask, s.shape[-1:]), reduction="none"
+            )
+            .mean(-1)
+            .sum()
+            for s, t in zip(b["student"][1:], b["teacher"][1:], strict=True)
+        ]
+        kl = F.kl_div(
+            F.log_softmax(b["student_logits"] / 2, -1),
+            F.softmax(b["teacher_logits"] / 2, -1),
+            reduction="none",
+        ).sum(-1)
+        scale = b["chars"] / window_frames
+        total = total + b["ctc_sum"]
+        total = total + alpha_ld * torch.stack(layer_sums).mean() * scale
+        total = total + alpha_kd * (kl * b["mask"]).sum() * scale
+    return total / window_chars
+
+
+def our_window_objective(batches, alpha_ld: float, alpha_kd: float, distill_scale: str) -> torch.Tensor:
+    """CALDBrain over one window: the mean over micro-batches of task + scale * (alpha * frame-mean terms)."""
+    k = len(batches)
+    scale = distill_scale_factor(distill_scale, k)
+    total = torch.zeros(())
+    for b in batches:
+        ld, _ = layerwise_distillation_loss(b["student"], b["teacher"], b["mask"])
+        kd = logit_distillation_loss(b["student_logits"], b["teacher_logits"], b["mask"])
+        total = total + (b["ctc_sum"] / b["chars"] + scale * (alpha_ld * ld + alpha_kd * kd)) / k
+    return total
+
+
+def window(k: int = 4, seed: int = 0) -> list[dict]:
+    """k micro-batches of the same size (B items, lengths LENGTHS, 20 characters each)."""
+    batches = []
+    for i in range(k):
+        student, teacher = hidden_pair(seed + i)
+        gen = torch.Generator().manual_seed(100 + seed + i)
+        batches.append(
+            {
+                "student": student,
+                "teacher": teacher,
+                "student_logits": torch.randn(B, T, V, generator=gen),
+                "teacher_logits": torch.randn(B, T, V, generator=gen),
+                "mask": lengths_to_mask(LENGTHS, T),
+                "chars": 20,
+                "ctc_sum": torch.rand((), generator=gen) * 50,
+            }
+        )
+    return batches
+
+
+def test_default_distill_scale_gives_the_reference_weights_over_an_accumulation_window():
+    """alpha_LD 15 / alpha_KD 1 with 4 micro-batches per step (the reference's TED-LIUM distillation runs)
+    mean per-frame weights 15/4 and 1/4 relative to a per-character CTC: distill_scale 'accumulation' (the
+    default) reproduces that; 'none' would weigh distillation 4 times more."""
+    assert DistillLossConfig().distill_scale == "accumulation"
+    batches = window(k=4)
+    reference = reference_window_objective(batches, 15.0, 1.0)
+    torch.testing.assert_close(our_window_objective(batches, 15.0, 1.0, "accumulation"), reference)
+    torch.testing.assert_close(our_window_objective(batches, 15.0 / 4, 1.0 / 4, "none"), reference)
+    assert our_window_objective(batches, 15.0, 1.0, "none") > reference * 1.5
+    with pytest.raises(ValueError, match="distill_scale='window' is not supported"):
+        DistillLossConfig(distill_scale="window")

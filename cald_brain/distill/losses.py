@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 NORMS = ("layernorm", "rmsnorm", "none")
 REDUCTIONS = ("frame", "utterance")
+DISTILL_SCALES = ("accumulation", "none")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -156,6 +157,15 @@ def logit_distillation_loss(
     return loss * temperature**2 if temperature_squared else loss
 
 
+def distill_scale_factor(distill_scale: str, accumulation: int) -> float:
+    """Factor on the LD and KD terms of a micro-batch: 1 / accumulation for `accumulation` (the CALD
+    reference's normalisation: it divides the distillation sums of each micro-batch by the output frames of
+    the whole accumulation window, so alpha_ld / alpha_kd act per frame divided by the accumulation factor;
+    derivation in docs/ENGINE.md), 1 for `none` (alpha_ld / alpha_kd weigh the per-frame means)."""
+    check_choice("distill_scale", distill_scale, DISTILL_SCALES)
+    return 1.0 / accumulation if distill_scale == "accumulation" else 1.0
+
+
 @dataclass(frozen=True)
 class DistillLossConfig:
     """Top-level YAML keys of the distillation losses (see docs/ENGINE.md)."""
@@ -166,9 +176,11 @@ class DistillLossConfig:
     ld_skip_first: bool = True
     ld_skip_last: bool = False
     loss_reduction: str = "frame"
+    distill_scale: str = "accumulation"
 
     def __post_init__(self):
         check_choice("ld_norm", self.ld_norm, NORMS)
         check_choice("loss_reduction", self.loss_reduction, REDUCTIONS)
+        check_choice("distill_scale", self.distill_scale, DISTILL_SCALES)
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
