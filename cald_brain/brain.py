@@ -254,8 +254,12 @@ class CALDBrain(sb.Brain):
         return Path(self.checkpointer.checkpoints_dir) / SNAPSHOT_DIRNAME
 
     def _init_student(self, state: dict[str, torch.Tensor]) -> None:
-        """student_init: teacher: copy every teacher tensor whose name and shape exist in the student."""
+        """student_init: teacher: copy every teacher tensor whose name and shape exist in the student (names
+        of tensors that conversion moved, e.g. Linformer's Q/K/V, mapped first)."""
+        from cald_brain.convert import teacher_state_for_student  # here: transformers only when needed
+
         own = self.student.state_dict()
+        state = teacher_state_for_student(self.student, state)
         shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         if not shared:
             raise ValueError(

@@ -459,3 +459,72 @@ def test_errors(saved, tmp_path):
     folder = saved("hubert-bimamba2")
     with pytest.raises(ValueError, match="not a converted student"):
         load_student(folder)
+
+
+# --- student_init: teacher with a Linformer student --------------------------------------------------------
+
+
+class Wrapper(torch.nn.Module):
+    """Holds the model at `.model`, as the recipes' encoder wrappers do (teacher and student alike)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+@pytest.mark.parametrize(
+    ("model_class", "config", "names", "kwargs"),
+    [
+        (
+            RobertaForSequenceClassification,
+            RobertaConfig(pad_token_id=1, **TEXT),
+            {"query": "query", "key": "key", "value": "value"},
+            dict(k=8),
+        ),
+        (
+            Wav2Vec2ForCTC,
+            Wav2Vec2Config(vocab_size=12, **AUDIO),
+            {"query": "q_proj", "key": "k_proj", "value": "v_proj"},
+            dict(k=8, max_len=64),
+        ),
+    ],
+)
+def test_student_init_from_teacher_copies_the_fine_tuned_qkv_into_linformer(
+    model_class, config, names, kwargs
+):
+    """Conversion moves Q/K/V under `.mixer.`; student_init: teacher must still load the teacher's fine-tuned
+    ones (the reference does), plus everything else whose name is unchanged."""
+    from types import SimpleNamespace
+
+    from cald_brain.brain import CALDBrain
+
+    torch.manual_seed(0)
+    source = model_class(config)
+    student = Wrapper(convert(model_class(config).eval(), "linformer", **kwargs))
+    student.model.load_state_dict(source.state_dict(), strict=False)
+    teacher = Wrapper(source)
+    with torch.no_grad():  # "fine-tuning": every teacher tensor differs from the source's
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p))
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    fake_brain = SimpleNamespace(
+        student=student, guidance=SimpleNamespace(teacher=SimpleNamespace(source="t"))
+    )
+    CALDBrain._init_student(fake_brain, teacher_state)
+
+    own = student.state_dict()
+    host = (
+        "model.wav2vec2.encoder.layers.1.attention"
+        if config.model_type == "wav2vec2"
+        else ("model.roberta.encoder.layer.1.attention.self")
+    )
+    for role, old in names.items():
+        for suffix in ("weight", "bias"):
+            assert torch.equal(own[f"{host}.mixer.{role}.{suffix}"], teacher_state[f"{host}.{old}.{suffix}"])
+    if config.model_type == "wav2vec2":  # the output projection keeps its name
+        assert torch.equal(own[f"{host}.out_proj.weight"], teacher_state[f"{host}.out_proj.weight"])
+    unchanged = [k for k in own if ".mixer." not in k]
+    assert all(torch.equal(own[k], teacher_state[k]) for k in unchanged)
+    # the Linformer sequence projections have no counterpart: they keep the student's own values
+    projections = [k for k in own if "mixer." in k and "_projection" in k]
+    assert projections and not any(k in teacher_state for k in projections)

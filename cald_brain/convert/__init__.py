@@ -17,6 +17,7 @@ from .core import (
     convert,
     register_adapter,
     supported_model_types,
+    teacher_state_for_student,
 )
 from .loading import load_and_convert, load_student
 from .modules import CALD_ATTN_IMPLEMENTATION, MixerAttention
@@ -33,4 +34,5 @@ __all__ = [
     "load_student",
     "register_adapter",
     "supported_model_types",
+    "teacher_state_for_student",
 ]

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
@@ -160,6 +161,40 @@ def _check_arguments(mixer: str, init: str, mixer_kwargs: dict[str, Any]) -> Mix
     return MIXERS[mixer]
 
 
+def _linformer_source_names(
+    attention: nn.Module, weights: AttentionWeights, has_out_proj: bool
+) -> dict[str, str]:
+    """{name in the host: name in the replaced attention} of the tensors a Linformer host takes over unchanged
+    (its query/key/value, and out_proj when it has one): they keep their role, but live under `mixer.`."""
+    names = {id(p): n for n, p in attention.named_parameters()}
+    roles = [("mixer.query", weights.query), ("mixer.key", weights.key), ("mixer.value", weights.value)]
+    if has_out_proj and weights.output is not None:
+        roles.append(("out_proj", weights.output))
+    found = {}
+    for role, (weight, bias) in roles:
+        for suffix, tensor in (("weight", weight), ("bias", bias)):
+            if tensor is not None and id(tensor) in names:
+                found[f"{role}.{suffix}"] = names[id(tensor)]
+    return found
+
+
+def teacher_state_for_student(
+    student: nn.Module, teacher_state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """`teacher_state` (a state dict of the unconverted model, or of a module holding it at the same path as
+    the student holds its converted copy) plus, under the student's names, the tensors conversion moved:
+    a Linformer's query/key/value live at `<attention>.mixer.query` where the teacher has
+    `<attention>.query` (BERT/RoBERTa) or `<attention>.q_proj` (wav2vec2). `student_init: teacher` loads
+    this, so the student starts from the teacher's fine-tuned Q/K/V as the reference does."""
+    renamed = {}
+    for path, module in student.named_modules():
+        prefix = f"{path}." if path else ""
+        for new, old in getattr(module, "source_names", {}).items():
+            if prefix + old in teacher_state:
+                renamed[prefix + new] = teacher_state[prefix + old]
+    return {**teacher_state, **renamed}
+
+
 def _declare_shared_parameters(model: nn.Module, hosts: list[MixerAttention]) -> None:
     """Declare parameters shared by several hosts (Linformer share="layer") as tied to their first occurrence,
     through `_tied_weights_keys` (which save_pretrained reads), so the checkpoint stores them once."""
@@ -229,7 +264,10 @@ def convert(
         host = adapter.host_class(new_mixer, takes_mask=spec.bidirectional, out_proj=out_proj)
         reference = next(attention.parameters())
         host.to(device=reference.device, dtype=reference.dtype).train(attention.training)
-        copied += init_from_attention(new_mixer, out_proj, adapter.attention_weights(attention), init)
+        weights = adapter.attention_weights(attention)
+        copied += init_from_attention(new_mixer, out_proj, weights, init)
+        if mixer == "linformer":
+            host.source_names = _linformer_source_names(attention, weights, out_proj is not None)
         setattr(parent, name, host)
         hosts.append(host)
     _declare_shared_parameters(model, hosts)
