@@ -119,7 +119,7 @@ CASES = {
         GPTNeoXConfig(tie_word_embeddings=True, **TEXT),
         "mamba",
         NEOX_ATTENTION,
-        dict(d_state=8),
+        dict(d_state=8, d_inner=48, dt_rank=3),  # explicit: the default sizes are the reference's (5120, 160)
     ),
     "gpt_neox-mamba2": Case(GPTNeoXForCausalLM, GPTNeoXConfig(**TEXT), "mamba2", NEOX_ATTENTION, MAMBA2),
 }
@@ -402,7 +402,7 @@ def test_wavlm_position_bias_path_is_gone_and_model_runs(saved):
 
 def test_causal_lm_student_refuses_kv_cache(saved):
     case = CASES["gpt_neox-mamba"]
-    student = load_and_convert(saved("gpt_neox-mamba"), model_class=GPTNeoXForCausalLM, d_state=8).eval()
+    student = load_and_convert(saved("gpt_neox-mamba"), model_class=GPTNeoXForCausalLM, **case.kwargs).eval()
     assert student.config.use_cache is False
     ids = batch(case)["input_ids"]
     assert student(ids).logits.shape == (2, 12, 100)
@@ -528,3 +528,20 @@ def test_student_init_from_teacher_copies_the_fine_tuned_qkv_into_linformer(
     # the Linformer sequence projections have no counterpart: they keep the student's own values
     projections = [k for k in own if "mixer." in k and "_projection" in k]
     assert projections and not any(k in teacher_state for k in projections)
+
+
+def test_pythia_mamba_defaults_to_the_reference_sizes(saved, tmp_path):
+    """The reference builds the Mamba blocks from mamba-2.8b's config and then sets the hidden size, so every
+    Pythia student has d_inner 5120 and dt_rank 160 (not 2 x hidden and hidden / 16); recorded with the
+    conversion, so load_student rebuilds the same sizes."""
+    student = load_and_convert(saved("gpt_neox-mamba"), model_class=GPTNeoXForCausalLM, d_state=8)
+    mixer = student.gpt_neox.layers[0].attention.mixer
+    assert (mixer.d_inner, mixer.dt_rank) == (5120, 160)
+    assert tuple(mixer.in_proj.weight.shape) == (2 * 5120, 32)
+    assert tuple(mixer.x_proj.weight.shape) == (160 + 2 * 8, 5120)
+    assert student.config.cald_conversion["mixer_kwargs"] == dict(d_state=8, d_inner=5120, dt_rank=160)
+    student.save_pretrained(tmp_path / "student")
+    again = load_student(tmp_path / "student").gpt_neox.layers[0].attention.mixer
+    assert (again.d_inner, again.dt_rank) == (5120, 160)
+    explicit = load_and_convert(saved("gpt_neox-mamba"), model_class=GPTNeoXForCausalLM, d_inner=64)
+    assert explicit.gpt_neox.layers[0].attention.mixer.d_inner == 64

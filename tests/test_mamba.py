@@ -41,6 +41,22 @@ EXPECTED_SHAPES = {
             "out_proj.weight": (2048, 4096),
         },
     ),
+    # The CALD reference's Pythia-1B student (mamba-2.8b's inner width and dt rank, hidden size 2048):
+    # lm/open_instruct/hf_modelling_mamba.py MambaMixer with intermediate_size 5120, time_step_rank 160.
+    "explicit d_inner and dt_rank, reference Pythia-1B student": (
+        dict(d_model=2048, d_inner=5120, dt_rank=160),
+        {
+            "A_log": (5120, 16),
+            "D": (5120,),
+            "in_proj.weight": (10240, 2048),
+            "conv1d.weight": (5120, 1, 4),
+            "conv1d.bias": (5120,),
+            "x_proj.weight": (192, 5120),
+            "dt_proj.weight": (5120, 160),
+            "dt_proj.bias": (5120,),
+            "out_proj.weight": (2048, 5120),
+        },
+    ),
     "non-default options": (
         dict(d_model=64, d_state=8, d_conv=3, expand=1, dt_rank=6, bias=True, conv_bias=False),
         {

@@ -51,6 +51,10 @@ class Adapter:
         """The Q/K/V(/O) projections of one attention module."""
         raise NotImplementedError
 
+    def mixer_defaults(self, mixer: str) -> dict[str, Any]:
+        """Mixer arguments this family uses unless the caller gives them (recorded with the conversion)."""
+        return {}
+
     def linformer_defaults(self, config: PreTrainedConfig) -> dict[str, Any]:
         """Linformer arguments from the source config (max_len, dropout), unless the caller gives them."""
         return {}
@@ -242,6 +246,7 @@ def convert(
     adapter = adapter_for(config.model_type)
     mixer = mixer or adapter.default_mixer
     spec = _check_arguments(mixer, init, mixer_kwargs)
+    mixer_kwargs = {**adapter.mixer_defaults(mixer), **mixer_kwargs}
     unidirectional = _resolve_direction(adapter, spec, config.model_type, unidirectional)
     adapter.check(config)
 

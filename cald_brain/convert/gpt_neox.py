@@ -6,6 +6,12 @@ embeddings are still computed by the model and passed to the mixer, which ignore
 so right padding never reaches real tokens; the padding mask is only checked (right padding, no packing). The
 student has no KV cache: conversion sets `use_cache=False` (config and generation config), and a cache passed
 anyway raises.
+
+Mamba sizes: the CALD reference (lm/open_instruct/modeling_hybrid_mamba.py `build_gpt_neox_mamba_model`) loads
+the config of state-spaces/mamba-2.8b-hf and only then sets hidden_size to the Pythia model's. The inner width
+and the time-step rank were derived from mamba-2.8b's hidden size 2560 when that config was built, so every
+Pythia student gets intermediate_size 5120 and time_step_rank 160 (Pythia-1B: not 2 × 2048 and 2048 / 16).
+`mixer="mamba"` defaults to these (`REFERENCE_MAMBA_SIZES`); pass d_inner= / dt_rank= to change them.
 """
 
 import torch
@@ -36,6 +42,9 @@ class CausalMixerAttention(MixerAttention):
         return self.mix(hidden_states, attention_mask), None
 
 
+REFERENCE_MAMBA_SIZES = {"d_inner": 5120, "dt_rank": 160}  # mamba-2.8b: 2 × 2560 and 2560 / 16
+
+
 class GPTNeoXAdapter(Adapter):
     model_types = ("gpt_neox",)
     default_mixer = "mamba"
@@ -44,6 +53,9 @@ class GPTNeoXAdapter(Adapter):
 
     def attention_sites(self, model: PreTrainedModel) -> list[tuple[nn.Module, str]]:
         return [(layer, "attention") for layer in model.base_model.layers]
+
+    def mixer_defaults(self, mixer: str) -> dict:
+        return dict(REFERENCE_MAMBA_SIZES) if mixer == "mamba" else {}
 
     def attention_weights(self, attention: nn.Module) -> AttentionWeights:
         """query_key_value rows are interleaved per head: [q_h, k_h, v_h] for each head h."""

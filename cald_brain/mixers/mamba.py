@@ -19,7 +19,8 @@ from .selective_scan import selective_scan
 class Mamba(nn.Module):
     """Selective state-space mixer: (batch, length, d_model) -> (batch, length, d_model).
 
-    Args mirror mamba_ssm: d_inner = expand * d_model; dt_rank "auto" = ceil(d_model / 16); dt_min, dt_max,
+    Args mirror mamba_ssm: d_inner = expand * d_model unless given (`d_inner`, e.g. the CALD reference's
+    5120 for every Pythia size); dt_rank "auto" = ceil(d_model / 16); dt_min, dt_max,
     dt_init ("random" | "constant"), dt_scale and dt_init_floor set the initial step sizes; bias / conv_bias
     add biases to in_proj/out_proj and conv1d; use_fast_path picks the fused `mamba_inner_fn` kernel on CUDA.
     layer_idx is kept for mamba_ssm compatibility (its inference cache); this module has no step decoding.
@@ -31,6 +32,7 @@ class Mamba(nn.Module):
         d_state: int = 16,
         d_conv: int = 4,
         expand: int = 2,
+        d_inner: int | None = None,
         dt_rank: int | str = "auto",
         dt_min: float = 0.001,
         dt_max: float = 0.1,
@@ -50,7 +52,7 @@ class Mamba(nn.Module):
         self.d_state = d_state
         self.d_conv = d_conv
         self.expand = expand
-        self.d_inner = int(expand * d_model)
+        self.d_inner = int(expand * d_model) if d_inner is None else int(d_inner)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.use_fast_path = use_fast_path
         self.layer_idx = layer_idx
