@@ -1,9 +1,15 @@
 """Distillation losses vs straightforward per-item / per-frame reference loops."""
 
+from types import SimpleNamespace
+
 import pytest
+import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from speechbrain.dataio.batch import PaddedBatch
+from toy_task import ToyNet, make_brain, make_dataset
 
+from cald_brain.distill.guidance import StepPlan
 from cald_brain.distill.losses import (
     DistillLossConfig,
     distill_scale_factor,
@@ -264,3 +270,15 @@ def test_default_distill_scale_gives_the_reference_weights_over_an_accumulation_
     assert our_window_objective(batches, 15.0, 1.0, "none") > reference * 1.5
     with pytest.raises(ValueError, match="distill_scale='window' is not supported"):
         DistillLossConfig(distill_scale="window")
+
+
+@pytest.mark.parametrize(("distill_scale", "factor"), [("accumulation", 0.25), ("none", 1.0)])
+def test_brain_objective_applies_distill_scale(tmp_path, distill_scale, factor):
+    data = make_dataset(n_items=4)
+    batch = PaddedBatch([data[i] for i in range(4)])
+    brain = make_brain(tmp_path, run_opts={"grad_accumulation_factor": 4}, distill_scale=distill_scale)
+    student = brain.forward_model(brain.student, batch, sb.Stage.TRAIN)
+    teacher = brain.forward_model(ToyNet("attention"), batch, sb.Stage.TRAIN)
+    plan = StepPlan(SimpleNamespace(source="teacher"), 1.0, 1.0, 15.0)
+    loss, terms = brain._objective(plan, student, teacher, batch)
+    torch.testing.assert_close(loss, terms["task"] + factor * (15.0 * terms["ld"] + terms["kd"]))

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from toy_task import ToyNet, fit, make_brain
+from toy_task import ToyBrain, ToyNet, fit, make_brain
 
 from cald_brain.optim import WarmupExpDecay, param_groups, warmup_exp_decay_factor
 
@@ -202,3 +202,48 @@ def test_clipping_covers_every_parameter_group(tmp_path):
     fit(brain)
     assert seen["total"] <= 1e-3 * (1 + 1e-4)
     assert 0 < seen["head"] <= 1e-3 * (1 + 1e-4)
+
+
+class KillingToyBrain(ToyBrain):
+    """Dies at its `kill_at`-th train micro-batch (after that micro-batch, before any checkpoint of it)."""
+
+    kill_at = 0
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        self.seen = getattr(self, "seen", 0) + 1
+        if self.seen == self.kill_at:
+            raise KeyboardInterrupt
+
+
+def test_reference_optimizer_setup_kill_and_resume_matches_uninterrupted(tmp_path):
+    """WarmupExpDecay + weight-decay and lr groups + clipping of every group + accumulation: a run killed in
+    epoch 2 and resumed ends with the same parameters, optimizer and scheduler state."""
+    opts = {"ckpt_interval_steps": 1, "grad_accumulation_factor": 2}
+
+    def brain(folder, brain_class=ToyBrain):
+        return make_brain(
+            folder,
+            brain_class=brain_class,
+            run_opts=opts,
+            opt_class=lambda params: torch.optim.AdamW(params, lr=3e-3),
+            lr_scheduler=lambda opt: WarmupExpDecay(opt, warmup_steps=2, decay_steps=4, final_lr_ratio=0.1),
+            lr_by_prefix={"head": 1e-2},
+            weight_decay=5e-3,
+            max_grad_norm=0.5,
+        )
+
+    reference = brain(tmp_path / "ref")
+    fit(reference, batch_size=2)
+    killed = brain(tmp_path / "killed", KillingToyBrain)
+    killed.kill_at = 17  # 12 micro-batches per epoch: mid epoch 2, mid accumulation window
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, batch_size=2)
+    resumed = brain(tmp_path / "killed")
+    fit(resumed, batch_size=2)
+    assert resumed.optimizer_step == reference.optimizer_step == 12
+    for (name, a), b in zip(reference.student.named_parameters(), resumed.student.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert resumed.lr_scheduler.state_dict() == reference.lr_scheduler.state_dict()
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [
+        g["lr"] for g in reference.optimizer.param_groups
+    ]
