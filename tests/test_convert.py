@@ -9,6 +9,7 @@ init="attention" copies; padding invariance; errors.
 import logging
 import re
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ from transformers import (
     WavLMModel,
 )
 
+from cald_brain.brain import CALDBrain
 from cald_brain.convert import convert, load_and_convert, load_student, supported_model_types
 from cald_brain.mixers.masking import lengths_to_mask
 
@@ -494,10 +496,6 @@ def test_student_init_from_teacher_copies_the_fine_tuned_qkv_into_linformer(
 ):
     """Conversion moves Q/K/V under `.mixer.`; student_init: teacher must still load the teacher's fine-tuned
     ones (the reference does), plus everything else whose name is unchanged."""
-    from types import SimpleNamespace
-
-    from cald_brain.brain import CALDBrain
-
     torch.manual_seed(0)
     source = model_class(config)
     student = Wrapper(convert(model_class(config).eval(), "linformer", **kwargs))
