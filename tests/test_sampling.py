@@ -155,3 +155,19 @@ def test_brain_kill_and_resume_gets_the_same_batches(tmp_path):
     # resumed from the last checkpoint (end of an accumulation window of 2) with exactly the remaining batches
     assert len(whole) - kill_at <= len(resumed) <= len(whole) - kill_at + 2
     assert resumed == whole[len(whole) - len(resumed) :]
+
+
+def test_ddp_ranks_split_one_plan_evenly(monkeypatch):
+    """Under DDP every rank plans the same epoch and takes every world_size-th batch; the plan is padded so
+    that all ranks run the same number of micro-batches; the curriculum counts every rank's batches."""
+    whole = sampler(manifest(61)).batches(1)
+    per_rank = []
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(DurationBatchSampler, "_world", staticmethod(lambda rank=rank: (rank, 3)))
+        s = sampler(data_warmup_steps=2, grad_accumulation_factor=2)
+        assert s._warmup_batches() == 12
+        per_rank.append(sampler(manifest(61)).batches(1))
+    assert len({len(b) for b in per_rank}) == 1
+    assert len(whole) % 3  # the padding is exercised
+    padded = whole + whole[: -len(whole) % 3]
+    assert [batch for i in range(len(padded)) for batch in [per_rank[i % 3][i // 3]]] == padded
