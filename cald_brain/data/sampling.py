@@ -11,7 +11,8 @@ characters; afterwards nothing is skipped.
 `DurationBatchSampler` does the same as a batch sampler for SpeechBrain's `make_dataloader`
 (`batch_sampler` in the loader kwargs). SpeechBrain's `DynamicBatchSampler` is not enough: it has no
 curriculum and no quadratic limit, packs by length buckets rather than the reference's shuffled buckets, and
-without DDP SpeechBrain never calls its `set_epoch`, so every epoch repeats the same batches.
+without DDP SpeechBrain calls its `set_epoch` only if the recipe sets `brain.train_sampler` (otherwise every
+epoch repeats the same batches).
 
 Resume: the batches of epoch e are a pure function of the settings, the dataset and e (the curriculum phase
 of a bucket is decided by the number of micro-batches planned before it, counted from epoch 1), so nothing
