@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import cald_brain.mixers.mamba as mamba_module
 import cald_brain.mixers.mamba2 as mamba2_module
 from cald_brain.mixers import BiMamba2, Mamba, Mamba2
-from cald_brain.mixers.kernels import cuda_kernels
+from cald_brain.mixers.ops.kernels import cuda_kernels
 
 KERNEL_IMPORTS = [
     ("causal_conv1d", "causal_conv1d_fn"),
