@@ -18,7 +18,7 @@ from .core import (
     register_adapter,
     supported_model_types,
 )
-from .loading import load_and_convert, load_student
+from .loading import load_and_convert, load_config, load_pretrained, load_student, resolve_source
 from .modules import CALD_ATTN_IMPLEMENTATION, MixerAttention
 
 __all__ = [
@@ -30,7 +30,10 @@ __all__ = [
     "adapter_for",
     "convert",
     "load_and_convert",
+    "load_config",
+    "load_pretrained",
     "load_student",
     "register_adapter",
+    "resolve_source",
     "supported_model_types",
 ]
