@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_WAV2VEC2
 from transformers import BertConfig, BertModel, BertTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from cald_brain.brain import ModelOutputs
@@ -26,8 +27,6 @@ from cald_brain.models import (
 )
 from cald_brain.models.speech import conv_output_lengths
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_WAV2VEC2 = ROOT / "tests" / "samples" / "models" / "tiny-wav2vec2"
 MIXER = {"d_state": 16, "headdim": 32}
 TEXT = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "a", "mat", "dog"]
