@@ -26,6 +26,7 @@ from cald_brain.brain import ModelOutputs
 from cald_brain.convert import resolve_source
 from cald_brain.mixers.masking import lengths_to_mask
 
+from .layerdrop import install_layerdrop
 from .loading import load_model
 
 POOLINGS = (None, "mean", "statistics", "attentive")
@@ -77,6 +78,13 @@ class SpeechEncoder(nn.Module):
     freeze_feature_encoder: keep the convolutional feature encoder frozen, as usual for wav2vec2 fine-tuning.
     normalize_wav: zero-mean / unit-variance per utterance; None reads `do_normalize` from the checkpoint.
     config_overrides: config attributes set before loading (dropouts, layerdrop, SpecAugment masking).
+
+    Hidden states, teacher and student alike: N + 1 of them for N layers, index 0 the input of the first
+    layer, index i the output of layer i. LayerDrop (the checkpoint's `layerdrop`, e.g. 0.1 for
+    wav2vec2-base and -large-lv60, or an override) stays active in training, and a skipped layer's slot
+    holds its input (`cald_brain.models.layerdrop`). For stable-layer-norm encoders
+    (`do_stable_layer_norm`, the large-lv60 layout) the last state is the output of the encoder's final
+    LayerNorm, as in the CALD reference.
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class SpeechEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.model = load_model(source, AutoModel, mixer, mixer_kwargs, init, config_overrides)
+        self.layerdrop = install_layerdrop(self.model.config, self.model.encoder.layers)
         self.normalize_wav = read_do_normalize(source) if normalize_wav is None else normalize_wav
         if freeze_feature_encoder:
             self.model.freeze_feature_encoder()
@@ -116,7 +125,10 @@ class SpeechEncoder(nn.Module):
         out = self.model(wavs, attention_mask=sample_mask.long(), output_hidden_states=True)
         frames = out.last_hidden_state.shape[1]
         frame_mask = lengths_to_mask(conv_output_lengths(self.model.config, abs_lens), frames)
-        return out.last_hidden_state, tuple(out.hidden_states), frame_mask
+        hidden_states = tuple(out.hidden_states)
+        if getattr(self.model.config, "do_stable_layer_norm", False):
+            hidden_states = (*hidden_states[:-1], out.last_hidden_state)  # after the final LayerNorm
+        return out.last_hidden_state, hidden_states, frame_mask
 
 
 def masked_mean_std(feats: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, ...]:

@@ -1,5 +1,6 @@
 """cald_brain.models: speech / text / causal-LM wrappers, teacher and student alike, loaded from folders and
-from hub names in an offline Hugging Face cache; pooling; config overrides; clear loading errors."""
+from hub names in an offline Hugging Face cache; pooling; config overrides; clear loading errors; which
+hidden state is paired at each index (both wav2vec2 layer-norm layouts) and LayerDrop that keeps them all."""
 
 import json
 import os
@@ -12,7 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_WAV2VEC2
-from transformers import BertConfig, BertModel, BertTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+)
 
 from cald_brain.brain import ModelOutputs
 from cald_brain.convert import resolve_source
@@ -186,3 +196,83 @@ def test_causal_lm_teacher_and_student(tmp_path):
         changed[1, 7] = (changed[1, 7] + 1) % TEXT["vocab_size"]  # a padded target: no effect on the loss
         assert torch.equal(loss, next_token_loss(out.logits, changed, out.mask))
         assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "gpt_neox"
+
+
+AUDIO = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(16, 16),
+    conv_stride=(5, 4),
+    conv_kernel=(10, 8),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+    mask_time_prob=0.0,
+)
+LAYOUTS = {
+    "base": dict(feat_extract_norm="group", do_stable_layer_norm=False),
+    "stable": dict(feat_extract_norm="layer", do_stable_layer_norm=True),  # wav2vec2-large-lv60
+}
+
+
+def tiny_audio_checkpoint(folder: Path, layout: str, layerdrop: float) -> str:
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(layerdrop=layerdrop, **LAYOUTS[layout], **AUDIO)
+    Wav2Vec2Model(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
+    return str(folder)
+
+
+def layer_io(encoder: SpeechEncoder) -> list:
+    """Records (input, output) of every encoder layer on the next forward."""
+    records = []
+    for layer in encoder.model.encoder.layers:
+        layer.register_forward_hook(lambda m, args, out: records.append((args[0], out)))
+    return records
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("mixer", [None, "bimamba2"])
+def test_paired_hidden_states_per_index(layout, mixer, tmp_path):
+    """Index 0: input of layer 0; index i: output of layer i; the last one: the encoder output (after the
+    final LayerNorm in the stable layout, as the reference)."""
+    source = tiny_audio_checkpoint(tmp_path, layout, layerdrop=0.1)
+    encoder = SpeechEncoder(source, mixer, MIXER if mixer else None).eval()
+    records = layer_io(encoder)
+    feats, hidden, _ = encoder(torch.randn(2, 4000), torch.tensor([1.0, 0.7]))
+    assert len(hidden) == AUDIO["num_hidden_layers"] + 1
+    assert torch.equal(hidden[0], records[0][0])
+    for i in range(1, AUDIO["num_hidden_layers"]):
+        assert torch.equal(hidden[i], records[i - 1][1])
+    assert torch.equal(hidden[-1], feats)
+    final_norm = encoder.model.encoder.layer_norm
+    if layout == "stable":
+        torch.testing.assert_close(hidden[-1], final_norm(records[-1][1]))
+    else:
+        assert torch.equal(hidden[-1], records[-1][1])
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layerdrop_keeps_every_hidden_state_for_teacher_and_student(layout, tmp_path):
+    """With the checkpoint's layerdrop active in training, teacher and student always return N + 1 states;
+    a skipped layer's slot holds its input. (transformers 5's own LayerDrop would return fewer.)"""
+    source = tiny_audio_checkpoint(tmp_path, layout, layerdrop=0.1)
+    teacher = SpeechEncoder(source).train()
+    student = SpeechEncoder(source, "bimamba2", MIXER).train()
+    assert teacher.layerdrop == student.layerdrop == 0.1
+    wavs, lens = torch.randn(2, 4000), torch.tensor([1.0, 0.7])
+    skipped = 0
+    torch.manual_seed(0)
+    for _ in range(15):
+        for encoder in (teacher, student):
+            _, hidden, _ = encoder(wavs, lens)
+            assert len(hidden) == AUDIO["num_hidden_layers"] + 1
+            skipped += sum(torch.equal(hidden[i], hidden[i + 1]) for i in range(len(hidden) - 2))
+    assert skipped > 0  # 0.1 x 2 layers x 30 forwards: some skips are all but certain
+    teacher.eval()
+    _, first, _ = teacher(wavs, lens)
+    _, second, _ = teacher(wavs, lens)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))  # no LayerDrop in eval
+    off = SpeechEncoder(source, config_overrides={"layerdrop": 0.0}).train()
+    assert off.layerdrop == 0.0
