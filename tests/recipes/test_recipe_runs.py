@@ -20,7 +20,7 @@ from conftest import ROOT, SAMPLES
 
 @dataclass(frozen=True)
 class Run:
-    recipe: str  # folder under recipes/
+    recipe: str  # recipe folder, relative to the repository root
     hparams: str  # file under the recipe's hparams/
     overrides: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()  # row ids whose output folders this run reads
@@ -31,7 +31,7 @@ class Run:
 
 # Arguments every run of a recipe gets: the committed sample data and tiny model, small batches.
 RECIPES = {
-    "TEDLIUM": (
+    "recipes/TEDLIUM": (
         f"--data_folder={SAMPLES / 'TEDLIUM_release-3'}",
         f"--pretrained_source={SAMPLES / 'models' / 'tiny-wav2vec2'}",
         "--batch_size=2",
@@ -42,23 +42,29 @@ TEDLIUM_TEACHER = "--teacher_path={out:tedlium-teacher}/save"
 
 RUNS = {
     "tedlium-teacher": Run(
-        "TEDLIUM",
+        "recipes/TEDLIUM",
         "wav2vec2_ctc.yaml",
         ("--snapshot_every_steps=1",),
         expect=("save/snapshots/step_1.ckpt", "save/snapshots/step_2.ckpt", "wer_test.txt"),
         resume=False,  # its folder feeds the rows below
         from_recipe_folder=True,
     ),
-    "tedlium-unguided": Run("TEDLIUM", "bimamba2_unguided.yaml", TINY_BIMAMBA2),
-    "tedlium-trajectory": Run("TEDLIUM", "bimamba2_trajectory.yaml", TINY_BIMAMBA2),
+    "tedlium-unguided": Run("recipes/TEDLIUM", "bimamba2_unguided.yaml", TINY_BIMAMBA2),
+    "tedlium-trajectory": Run("recipes/TEDLIUM", "bimamba2_trajectory.yaml", TINY_BIMAMBA2),
     "tedlium-target": Run(
-        "TEDLIUM", "bimamba2_target.yaml", (*TINY_BIMAMBA2, TEDLIUM_TEACHER), needs=("tedlium-teacher",)
+        "recipes/TEDLIUM",
+        "bimamba2_target.yaml",
+        (*TINY_BIMAMBA2, TEDLIUM_TEACHER),
+        needs=("tedlium-teacher",),
     ),
     "tedlium-waypoint": Run(
-        "TEDLIUM", "bimamba2_waypoint.yaml", (*TINY_BIMAMBA2, TEDLIUM_TEACHER), needs=("tedlium-teacher",)
+        "recipes/TEDLIUM",
+        "bimamba2_waypoint.yaml",
+        (*TINY_BIMAMBA2, TEDLIUM_TEACHER),
+        needs=("tedlium-teacher",),
     ),
     "tedlium-hybrid": Run(
-        "TEDLIUM",
+        "recipes/TEDLIUM",
         "bimamba2_hybrid.yaml",
         (*TINY_BIMAMBA2, TEDLIUM_TEACHER, "--distill_until_step=1"),
         needs=("tedlium-teacher",),
@@ -68,7 +74,7 @@ RUNS = {
 
 def launch(run: Run, out: Path, epochs: int, outputs: dict[str, Path]) -> None:
     """One debug invocation (2 training batches per epoch) of `run` into `out`."""
-    recipe_dir = ROOT / "recipes" / run.recipe
+    recipe_dir = ROOT / run.recipe
     overrides = [re.sub(r"\{out:([\w-]+)\}", lambda m: str(outputs[m.group(1)]), o) for o in run.overrides]
     cmd = [
         sys.executable,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_WAV2VEC2
+from conftest import TINY_AUDIO_CONFIG, TINY_WAV2VEC2
+from hyperpyyaml import load_hyperpyyaml
 from transformers import (
     BertConfig,
     BertModel,
@@ -180,6 +181,28 @@ def test_text_classifier_single_sentences_and_pairs(tiny_bert):
         TextClassifier(str(folder), 3, mixer_kwargs={"k": 4})
 
 
+def test_wrappers_build_from_yaml(tiny_bert, tmp_path):
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(max_position_embeddings=64, **TEXT)).save_pretrained(tmp_path)
+    hparams = load_hyperpyyaml(
+        f"""
+        lm: !new:cald_brain.models.CausalLM
+            source: {tmp_path}
+            mixer: mamba
+            mixer_kwargs: {{d_state: 4}}
+            config_overrides: {{hidden_dropout: 0.2}}
+        classifier: !new:cald_brain.models.TextClassifier
+            source: {tiny_bert[0]}
+            num_labels: 2
+            config_overrides: {{hidden_dropout_prob: 0.3}}
+        """
+    )
+    assert hparams["lm"].model.config.hidden_dropout == 0.2
+    assert hparams["lm"].model.config.cald_conversion["mixer"] == "mamba"
+    assert hparams["classifier"].model.config.hidden_dropout_prob == 0.3
+    assert hparams["classifier"].model.config.num_labels == 2
+
+
 def test_causal_lm_teacher_and_student(tmp_path):
     torch.manual_seed(0)
     GPTNeoXForCausalLM(GPTNeoXConfig(max_position_embeddings=64, **TEXT)).save_pretrained(tmp_path)
@@ -198,18 +221,7 @@ def test_causal_lm_teacher_and_student(tmp_path):
         assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "gpt_neox"
 
 
-AUDIO = dict(
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(16, 16),
-    conv_stride=(5, 4),
-    conv_kernel=(10, 8),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2,
-    mask_time_prob=0.0,
-)
+AUDIO = {**TINY_AUDIO_CONFIG, "num_hidden_layers": 3}
 LAYOUTS = {
     "base": dict(feat_extract_norm="group", do_stable_layer_norm=False),
     "stable": dict(feat_extract_norm="layer", do_stable_layer_norm=True),  # wav2vec2-large-lv60
@@ -218,7 +230,7 @@ LAYOUTS = {
 
 def tiny_audio_checkpoint(folder: Path, layout: str, layerdrop: float) -> str:
     torch.manual_seed(0)
-    config = Wav2Vec2Config(layerdrop=layerdrop, **LAYOUTS[layout], **AUDIO)
+    config = Wav2Vec2Config(**{**AUDIO, "layerdrop": layerdrop}, **LAYOUTS[layout])
     Wav2Vec2Model(config).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
     return str(folder)
