@@ -51,6 +51,8 @@ from tqdm import tqdm
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
 from cald_brain.data.audio import read_segment
+from cald_brain.mixers.masking import lengths_to_mask
+from cald_brain.models.speech import conv_output_lengths
 from cald_brain.scripts import load_recipe_module, load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,7 +327,8 @@ class Pretrainer(torch.nn.Module):
         """CTC loss (mean over characters) and masked log-mel MSE of one batch."""
         wav, mask = collate(waves)
         out = self.ctc.wav2vec2(wav, attention_mask=mask.long())
-        frame_mask = self.ctc.wav2vec2._get_feature_vector_attention_mask(out.extract_features.shape[1], mask)
+        frames = out.extract_features.shape[1]
+        frame_mask = lengths_to_mask(conv_output_lengths(self.ctc.config, mask.sum(1)), frames)
         log_probs = self.ctc.lm_head(out.last_hidden_state).log_softmax(-1).transpose(0, 1)
         targets = torch.tensor([c for label in labels for c in label])
         ctc = torch.nn.functional.ctc_loss(

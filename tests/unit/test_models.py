@@ -61,7 +61,8 @@ def test_speech_teacher_and_student_pair_hidden_states_and_mask():
     hf = speech_model(num_outputs=7).encoder.model
     expected = hf._get_feat_extract_output_lengths(torch.tensor([16000, 9600]))
     assert teacher.mask.sum(1).tolist() == expected.tolist() == student.mask.sum(1).tolist()
-    assert conv_output_lengths(hf.config, torch.tensor([400])).item() == 1
+    lengths = torch.arange(400, 20000, 37)
+    assert torch.equal(conv_output_lengths(hf.config, lengths), hf._get_feat_extract_output_lengths(lengths))
 
 
 def test_feature_encoder_frozen_by_public_api():
