@@ -26,7 +26,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        # CUDA kernels; never needed on CPU. See README "GPU kernels" for the offline-build recipe.
+        # CUDA kernels; never needed on CPU. See README "GPU kernels" (pip install --no-build-isolation).
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         "dev": ["pytest", "ruff", "matplotlib"],
     },

@@ -1,4 +1,4 @@
-"""CPU benchmark of the Mamba2 mixers against attention and transformers' pure-PyTorch Mamba2.
+"""Benchmark of the Mamba2 mixers against attention and transformers' Mamba2, on CPU or on a CUDA GPU.
 
 Times the forward pass (no_grad) and forward + backward of, at width d_model, batch `--batch`, float32:
   mamba2     cald_brain Mamba2(d_model, expand=1)
@@ -16,7 +16,11 @@ nominal FLOPs (multiply-add = 2): for the Mamba2 layers the projections, the con
 scan with 64-step chunks (the same count for ours and transformers', so their GFLOP/s compare like their
 times); for attention the four projections and the two L x L products. Forward + backward counts 3x.
 
-Usage: python tools/bench_mixers.py [--lengths 500 1000 2000 4000 8000] [--repeats 5]
+On CUDA (`--device cuda`) every mixer takes the mamba_ssm / causal_conv1d kernels when they import
+(`pip install --no-build-isolation ".[cuda]"`), times are taken between device synchronisations, and peak
+extra memory is torch's peak allocation during the call.
+
+Usage: python tools/bench_mixers.py [--device cpu|cuda] [--lengths 500 1000 2000 4000 8000] [--repeats 5]
                                     [--impls mamba2 bimamba2 attention hf_mamba2] [--modes fwd fwdbwd]
 Writes results/bench/bench_mixers.json and results/bench/bench_mixers.png.
 """
@@ -112,14 +116,28 @@ def memory_kib() -> tuple[int, int]:
     return tuple(int(re.search(rf"{key}:\s+(\d+)", status).group(1)) for key in ("VmHWM", "VmRSS"))
 
 
-def wall_ms(call: Callable[[], None]) -> float:
+def wall_ms(call: Callable[[], None], device: torch.device) -> float:
+    """Wall time of one call; on CUDA, from an idle device until the call's kernels have finished."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     call()
+    if cuda:
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - start) * 1e3
 
 
-def peak_extra_mib(call: Callable[[], None]) -> float:
-    """Resident memory one call adds at its peak, with no freed memory left cached by malloc beforehand."""
+def peak_extra_mib(call: Callable[[], None], device: torch.device) -> float:
+    """Memory one call adds at its peak: on CUDA torch's peak allocation above what was allocated before;
+    on CPU the resident memory, with no freed memory left cached by malloc beforehand."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        call()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
@@ -148,6 +166,7 @@ def make_call(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], Non
 
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     d = args.d_model
     mamba2 = Mamba2(d, expand=1)
     bimamba2 = BiMamba2(d)
@@ -166,15 +185,18 @@ def run(args: argparse.Namespace) -> dict:
         "attention": lambda n: attention_flops(d, n),
         "hf_mamba2": lambda n: mamba2_flops(mamba2, n),
     }
+    for module in modules.values():
+        if module is not None:
+            module.to(device)
     results = []
     load_start = os.getloadavg()
-    if torch.get_num_threads() > 1 and load_start[0] > 0.5:
+    if device.type == "cpu" and torch.get_num_threads() > 1 and load_start[0] > 0.5:
         print(
             f"warning: load average {load_start[0]:.1f}: with {torch.get_num_threads()} threads on shared "
             "cores every parallel op may wait for a descheduled thread; consider --threads 1"
         )
     for length in args.lengths:
-        x = torch.randn(args.batch, length, d)
+        x = torch.randn(args.batch, length, d, device=device)
         keys = [(impl, mode) for impl in args.impls for mode in args.modes]
         calls = {(impl, mode): make_call(modules[impl].eval(), x, mode) for impl, mode in keys}
         for call in calls.values():
@@ -182,11 +204,11 @@ def run(args: argparse.Namespace) -> dict:
         samples = {key: [] for key in calls}
         for _ in range(args.repeats):
             for key, call in calls.items():
-                samples[key].append(wall_ms(call))
+                samples[key].append(wall_ms(call, device))
         for (impl, mode), times in samples.items():
             ms = statistics.median(times)
             nominal = flops[impl](length) * args.batch * (1 if mode == "fwd" else 3)
-            peak = peak_extra_mib(calls[impl, mode])
+            peak = peak_extra_mib(calls[impl, mode], device)
             results.append(
                 dict(
                     impl=impl,
@@ -209,6 +231,8 @@ def run(args: argparse.Namespace) -> dict:
             repeats=args.repeats,
             threads=torch.get_num_threads(),
             torch=torch.__version__,
+            device=str(device),
+            gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             cpu=cpu_model(),
             cpu_count=os.cpu_count(),
             load_average_start=load_start,
@@ -263,7 +287,7 @@ def plot(report: dict, path: Path) -> None:
             yscale="log",
             xlabel="sequence length (frames)",
             ylabel="ms per call (median)",
-            title=f"{what}, batch {config['batch']}, d={config['d_model']}, threads: {config['threads']}",
+            title=f"{what}, batch {config['batch']}, d={config['d_model']}, {config.get('device', 'cpu')}",
         )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -273,6 +297,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--lengths", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
@@ -286,6 +311,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)

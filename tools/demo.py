@@ -72,7 +72,7 @@ def run_recipe(name: str, hparams: str, overrides: dict, out: Path) -> dict:
 
 def encoder_profile(mixer: str | None, seconds: float, repeats: int = 3) -> tuple[int, float]:
     """(parameter count, median forward seconds) of the tiny encoder, transformer or converted."""
-    from cald_brain.encoders import SpeechEncoder
+    from cald_brain.models import SpeechEncoder
 
     encoder = SpeechEncoder(str(TINY_MODEL), mixer=mixer, mixer_kwargs=MIXER if mixer else None).eval()
     wav = torch.randn(1, int(16000 * seconds))

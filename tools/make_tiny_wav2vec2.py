@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -52,6 +51,9 @@ from tqdm import tqdm
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
 from cald_brain.data.audio import read_segment
+from cald_brain.mixers.masking import lengths_to_mask
+from cald_brain.models.speech import conv_output_lengths
+from cald_brain.scripts import load_recipe_module, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 TEDLIUM_SAMPLE = REPO / "tests" / "samples" / "TEDLIUM_release-3"
@@ -91,20 +93,9 @@ _VARIANTS = (
 )
 
 
-def _load_module(path: Path, name: str):
-    """A repository script (not an installed package) as a module."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; make_tiny_wav2vec2.py needs it (use a full checkout)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 # Speech synthesis and the sentence pool are shared with the sample corpora; STM parsing with the recipe.
-make_samples = _load_module(REPO / "tools" / "make_samples.py", "make_samples")
-tedlium_prepare = _load_module(REPO / "recipes" / "TEDLIUM" / "prepare.py", "tedlium_prepare")
+make_samples = load_script(REPO / "tools" / "make_samples.py", "make_samples")
+tedlium_prepare = load_recipe_module(REPO / "recipes" / "TEDLIUM", "prepare")
 
 
 def tiny_config() -> Wav2Vec2Config:
@@ -336,7 +327,8 @@ class Pretrainer(torch.nn.Module):
         """CTC loss (mean over characters) and masked log-mel MSE of one batch."""
         wav, mask = collate(waves)
         out = self.ctc.wav2vec2(wav, attention_mask=mask.long())
-        frame_mask = self.ctc.wav2vec2._get_feature_vector_attention_mask(out.extract_features.shape[1], mask)
+        frames = out.extract_features.shape[1]
+        frame_mask = lengths_to_mask(conv_output_lengths(self.ctc.config, mask.sum(1)), frames)
         log_probs = self.ctc.lm_head(out.last_hidden_state).log_softmax(-1).transpose(0, 1)
         targets = torch.tensor([c for label in labels for c in label])
         ctc = torch.nn.functional.ctc_loss(

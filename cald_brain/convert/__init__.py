@@ -19,7 +19,7 @@ from .core import (
     supported_model_types,
     teacher_state_for_student,
 )
-from .loading import load_and_convert, load_student
+from .loading import load_and_convert, load_config, load_pretrained, load_student, resolve_source
 from .modules import CALD_ATTN_IMPLEMENTATION, MixerAttention
 
 __all__ = [
@@ -31,8 +31,11 @@ __all__ = [
     "adapter_for",
     "convert",
     "load_and_convert",
+    "load_config",
+    "load_pretrained",
     "load_student",
     "register_adapter",
+    "resolve_source",
     "supported_model_types",
     "teacher_state_for_student",
 ]

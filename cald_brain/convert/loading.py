@@ -2,19 +2,82 @@
 
 import json
 import os
+import re
 from typing import Any
 
 import torch
 import transformers
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from .core import CONVERSION_KEY, convert
 
+# A Hugging Face hub repository id: "name" or "org/name" (letters, digits, "-", "_", ".").
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
-def _looks_like_path(source: str) -> bool:
-    """A local path rather than a hub name ("org/name"): absolute, starting with . or ~, or 3+ parts."""
-    return os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
+
+def resolve_source(source: str | os.PathLike) -> str:
+    """The one rule for "folder or hub name", used by every loader: an existing folder is a local
+    checkpoint; any other text must be a hub name ("org/name", found in the Hugging Face cache, or downloaded
+    unless HF_HUB_OFFLINE=1). Anything else (e.g. an absolute, ./ or ~ path that does not exist) raises
+    FileNotFoundError naming it."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        return source
+    if _HUB_NAME.fullmatch(source) is None or source.startswith(".") or ".." in source:
+        raise FileNotFoundError(
+            f"model folder {source!r} does not exist (give a folder with config.json and model.safetensors, "
+            "or a Hugging Face hub name such as 'facebook/wav2vec2-base')"
+        )
+    return source
+
+
+def load_config(source: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PretrainedConfig:
+    """The checkpoint's config with `overrides` applied (e.g. hidden_dropout, layerdrop, mask_time_prob).
+
+    Every override must name an existing config attribute, so a misspelt key fails instead of being ignored.
+    """
+    source = resolve_source(source)
+    config = _from_pretrained(AutoConfig, source)
+    unknown = sorted(key for key in (overrides or {}) if not hasattr(config, key))
+    if unknown:
+        raise ValueError(
+            f"config_overrides {unknown} are not settings of {source}'s {type(config).__name__}; "
+            "check the spelling against its config.json"
+        )
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
+    return config
+
+
+def _from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(source)`, with a hub name that cannot be found reported as such."""
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as err:
+        if os.path.isdir(source):
+            raise
+        raise FileNotFoundError(
+            f"{source!r} is neither a local folder nor a model found on the Hugging Face hub or in its cache "
+            f"(HF_HOME, offline with HF_HUB_OFFLINE=1): {err}"
+        ) from err
+
+
+def load_pretrained(
+    source: str | os.PathLike,
+    model_class: type[PreTrainedModel] | Any = AutoModel,
+    model_kwargs: dict[str, Any] | None = None,
+    config_overrides: dict[str, Any] | None = None,
+) -> PreTrainedModel:
+    """The transformer itself (a teacher): `model_class.from_pretrained` of a hub name or local folder (see
+    `resolve_source`), its config changed by `config_overrides` first (see `load_config`).
+
+    model_class: AutoModel (default), another Auto class (e.g. AutoModelForCTC) or a model class;
+    model_kwargs: passed to from_pretrained (e.g. num_labels).
+    """
+    source = resolve_source(source)
+    config = load_config(source, config_overrides)
+    return _from_pretrained(model_class, source, config=config, **(model_kwargs or {}))
 
 
 def load_and_convert(
@@ -25,20 +88,12 @@ def load_and_convert(
     unidirectional: bool | None = None,
     model_class: type[PreTrainedModel] | Any = AutoModel,
     model_kwargs: dict[str, Any] | None = None,
+    config_overrides: dict[str, Any] | None = None,
     **mixer_kwargs: Any,
 ) -> PreTrainedModel:
-    """Load a transformer (hub name or local folder) with `model_class.from_pretrained` and convert it.
-
-    model_class: AutoModel (default), another Auto class (e.g. AutoModelForCTC) or a model class;
-    model_kwargs: passed to from_pretrained (e.g. num_labels). The other arguments are `convert`'s.
-    """
-    source = os.fspath(source)
-    if not os.path.isdir(source) and (_looks_like_path(source) or os.path.exists(source)):
-        raise FileNotFoundError(
-            f"model folder {source!r} does not exist (give a folder with config.json and model.safetensors, "
-            "or a Hugging Face hub name such as 'facebook/wav2vec2-base')"
-        )
-    model = model_class.from_pretrained(source, **(model_kwargs or {}))
+    """A student: `load_pretrained` (same arguments), then `convert` (mixer, init, unidirectional,
+    mixer_kwargs)."""
+    model = load_pretrained(source, model_class, model_kwargs, config_overrides)
     return convert(model, mixer, init, unidirectional=unidirectional, **mixer_kwargs)
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels import use_cuda_kernels
-from .selective_scan import selective_scan
+from .ops.kernels import use_cuda_kernels
+from .ops.selective_scan import selective_scan
 
 
 class Mamba(nn.Module):

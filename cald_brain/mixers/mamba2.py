@@ -3,7 +3,7 @@
 Constructor arguments, defaults, parameter names, shapes and initialisation follow mamba_ssm (2.x), so a state
 dict moves between the two (and Hugging Face's `Mamba2Mixer`) without renaming. On CUDA tensors, when
 mamba_ssm and causal_conv1d import, the forward pass runs their kernels; everywhere else it runs
-`cald_brain.mixers.ssd.ssd_chunked`, which agrees with them to float32 rounding.
+`cald_brain.mixers.ops.ssd.ssd_chunked`, which agrees with them to float32 rounding.
 """
 
 import math
@@ -11,118 +11,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from .kernels import use_cuda_kernels
-from .ssd import CPU_CHUNK_SIZE, ssd_chunked
-
-
-def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Causal depthwise convolution of x (batch, length, channels) with weight (channels, width).
-
-    Computed in the channels-last layout as `width` shifted multiply-adds: on CPU about twice as fast as
-    `F.conv1d` on the transposed input, with no transposes or padding copies.
-    """
-    width = weight.shape[-1]
-    out = torch.addcmul(bias, x, weight[:, -1]) if bias is not None else x * weight[:, -1]
-    for shift in range(1, min(width, x.shape[1])):
-        out[:, shift:].addcmul_(x[:, :-shift], weight[:, -1 - shift])  # tap k sees x[t - (width - 1 - k)]
-    return out
-
-
-class _CausalConv1dSiLU(torch.autograd.Function):
-    """silu(causal depthwise conv) with a hand-written backward: the same shifted multiply-adds, run
-    anti-causally. Autograd through the in-place slices of `_causal_conv1d` would clone the whole gradient
-    once per tap."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        pre = _causal_conv1d(x, weight, bias)
-        ctx.save_for_backward(x, weight, pre)
-        ctx.has_bias = bias is not None
-        return F.silu(pre)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, pre = ctx.saved_tensors
-        need_x, need_weight, need_bias = ctx.needs_input_grad
-        grad = torch.ops.aten.silu_backward(grad, pre)
-        width, length = weight.shape[-1], x.shape[1]
-        grad_x = grad_weight = grad_bias = None
-        if need_x:
-            grad_x = grad * weight[:, -1]
-            for shift in range(1, min(width, length)):
-                grad_x[:, :-shift].addcmul_(grad[:, shift:], weight[:, -1 - shift])
-        if need_weight:
-            grad_weight = torch.zeros_like(weight)
-            for shift in range(min(width, length)):
-                grad_weight[:, -1 - shift] = (grad[:, shift:] * x[:, : length - shift]).sum((0, 1))
-        if need_bias and ctx.has_bias:
-            grad_bias = grad.sum((0, 1))
-        return grad_x, grad_weight, grad_bias
-
-
-def causal_conv1d_silu(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """silu(causal depthwise conv1d) of x (batch, length, channels), weight (channels, width): what
-    `causal_conv1d_fn(x.transpose(1, 2), weight, bias, activation="silu").transpose(1, 2)` computes."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return _CausalConv1dSiLU.apply(x, weight, bias)
-    return F.silu(_causal_conv1d(x, weight, bias), inplace=True)
-
-
-class RMSNormGated(nn.Module):
-    """RMSNorm with an optional SiLU gate, as `mamba_ssm.ops.triton.layernorm_gated.RMSNorm`.
-
-    norm(x * silu(z)) if not `norm_before_gate`, else norm(x) * silu(z); the statistics are taken over groups
-    of `group_size` channels (all channels when None). Parameter: `weight` (hidden_size,), no bias.
-    """
-
-    def __init__(
-        self,
-        hidden_size: int,
-        eps: float = 1e-5,
-        group_size: int | None = None,
-        norm_before_gate: bool = True,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self.eps = eps
-        self.group_size = hidden_size if group_size is None else group_size
-        if hidden_size % self.group_size != 0:
-            raise ValueError(f"RMSNormGated: group_size {group_size} must divide hidden_size {hidden_size}")
-        self.norm_before_gate = norm_before_gate
-        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
-        self.register_parameter("bias", None)
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        kernels = use_cuda_kernels(x)
-        if kernels is not None:
-            return kernels.rmsnorm_fn(
-                x,
-                self.weight,
-                None,
-                z=z,
-                eps=self.eps,
-                group_size=self.group_size,
-                norm_before_gate=self.norm_before_gate,
-            )
-        dtype = x.dtype
-        compute = torch.promote_types(dtype, torch.float32)
-        x, weight = x.to(compute), self.weight.to(compute)
-        if z is not None and not self.norm_before_gate:
-            x = F.silu(z.to(compute)).mul_(x)
-        if self.group_size == x.shape[-1]:
-            out = F.rms_norm(x, (self.group_size,), weight, self.eps)
-        else:
-            grouped = F.rms_norm(x.unflatten(-1, (-1, self.group_size)), (self.group_size,), None, self.eps)
-            out = grouped.flatten(-2) * weight
-        if z is not None and self.norm_before_gate:
-            out = out * F.silu(z.to(compute))
-        return out.to(dtype)
+from .ops.causal_conv import causal_conv1d_silu
+from .ops.kernels import use_cuda_kernels
+from .ops.rmsnorm import RMSNormGated
+from .ops.ssd import CPU_CHUNK_SIZE, ssd_chunked
 
 
 class Mamba2(nn.Module):
@@ -130,7 +23,7 @@ class Mamba2(nn.Module):
 
     Same arguments as mamba_ssm's Mamba2, minus d_ssm, conv_init, use_mem_eff_path and the tensor-parallel
     options. `chunk_size` is the chunk of the CUDA kernels; the CPU path uses `cpu_chunk_size` (an attribute,
-    `ssd.CPU_CHUNK_SIZE` by default; the chunk size changes the result only by float32 rounding).
+    `ops.ssd.CPU_CHUNK_SIZE` by default; the chunk size changes the result only by float32 rounding).
     """
 
     def __init__(
@@ -222,8 +115,7 @@ class Mamba2(nn.Module):
         return {} if self.dt_limit == (0.0, float("inf")) else {"dt_limit": self.dt_limit}
 
     def _project_in(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """in_proj as z, xBC, dt. Two GEMMs: MKL runs the odd full width (2 d_inner + 2 G N + H) ~25 % slower
-        than its multiple-of-64 part [z, x, B, C] plus a separate dt GEMM."""
+        """in_proj as z, xBC, dt, computed as two GEMMs ([z, x, B, C] and dt; see docs/BENCHMARK.md)."""
         weight, bias = self.in_proj.weight, self.in_proj.bias
         split = weight.shape[0] - self.nheads
         zxbc = F.linear(hidden_states, weight[:split], None if bias is None else bias[:split])

@@ -11,7 +11,6 @@ file only holds the task: audio segments, characters, CTC, greedy decoding, WER/
 
 import json
 import os
-import sys
 
 import speechbrain as sb
 import torch
@@ -20,19 +19,17 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from cald_brain.brain import CALDBrain, ModelOutputs
 from cald_brain.data.audio import audio_pipeline
 from cald_brain.recipe import RecipeError, start_recipe
+from cald_brain.scripts import load_recipe_module
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, RECIPE_DIR)
-from prepare import prepare_tedlium  # noqa: E402
+prepare_tedlium = load_recipe_module(RECIPE_DIR, "prepare").prepare_tedlium
 
 
 class ASR(CALDBrain):
-    """CTC ASR hooks; the student or teacher network returns (logits, hidden_states, frame_mask)."""
+    """CTC ASR hooks; student and teacher are cald_brain.models.SpeechModel networks."""
 
     def forward_model(self, model, batch, stage) -> ModelOutputs:
-        wavs, wav_lens = batch.sig
-        logits, hidden_states, mask = model(wavs, wav_lens)
-        return ModelOutputs(logits=logits, hidden_states=hidden_states, mask=mask)
+        return model(*batch.sig)
 
     def task_loss(self, outputs: ModelOutputs, batch, stage) -> torch.Tensor:
         tokens, token_lens = batch.tokens

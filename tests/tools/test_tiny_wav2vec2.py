@@ -3,33 +3,21 @@ tools/make_tiny_wav2vec2.py): it loads cleanly, has the documented architecture 
 really are pretrained - with its pretraining CTC head it transcribes the mini TED-LIUM sample, which a
 random initialisation of the same architecture cannot."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import jiwer
 import torch
+from conftest import TINY_WAV2VEC2 as MODEL
+from conftest import load_repo_script
 from transformers import AutoModel, Wav2Vec2Model
 
 from cald_brain.data.audio import read_segment
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "tests" / "samples" / "models" / "tiny-wav2vec2"
 MAX_WEIGHT_BYTES = 3_000_000  # the folder must stay small: it is committed
 MAX_FOLDER_BYTES = 3_200_000
 
 
-def _load_tool():
-    path = ROOT / "tools" / "make_tiny_wav2vec2.py"
-    spec = importlib.util.spec_from_file_location("make_tiny_wav2vec2", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_repo_script("tools/make_tiny_wav2vec2.py", "make_tiny_wav2vec2")
 
 
 def _load() -> Wav2Vec2Model:

@@ -1,35 +1,23 @@
 """recipes/TEDLIUM/prepare.py on the mini TED-LIUM 3 sample (tests/samples/TEDLIUM_release-3)."""
 
 import csv
-import importlib.util
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
+from conftest import TEDLIUM_SAMPLE as SAMPLE
+from conftest import load_repo_script
 
 from cald_brain.data.audio import audio_pipeline, read_segment
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "samples" / "TEDLIUM_release-3"
 SPLITS = ("train", "dev", "test")
 
 
-def _load_prepare():
-    spec = importlib.util.spec_from_file_location(
-        "tedlium_prepare", ROOT / "recipes" / "TEDLIUM" / "prepare.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare = _load_prepare()
+prepare = load_repo_script("recipes/TEDLIUM/prepare.py", "tedlium_prepare")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

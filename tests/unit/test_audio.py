@@ -1,16 +1,16 @@
 """cald_brain.data.audio: exact segment reads from long files, and errors that name the file."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TEDLIUM_SAMPLE
 
 from cald_brain.data.audio import AudioFileError, audio_info, audio_pipeline, read_segment
 
-TALK = Path(__file__).parent / "samples" / "TEDLIUM_release-3" / "data" / "sph" / "SynthAlice_2010X.sph"
+TALK = TEDLIUM_SAMPLE / "data" / "sph" / "SynthAlice_2010X.sph"
 
 
 def _noise(seconds: float, sample_rate: int = 16000, channels: int = 1) -> np.ndarray:

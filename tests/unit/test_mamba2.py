@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cald_brain.mixers.kernels import cuda_kernels
-from cald_brain.mixers.mamba2 import Mamba2, causal_conv1d_silu
+from cald_brain.mixers.mamba2 import Mamba2
+from cald_brain.mixers.ops.causal_conv import causal_conv1d_silu
+from cald_brain.mixers.ops.kernels import cuda_kernels
 
 # Parameter names and shapes of mamba_ssm.modules.mamba2.Mamba2 (2.x), in state_dict order, written out by
 # hand from its source: d_inner = expand * d_model, nheads = d_inner / headdim,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cald_brain.mixers.ssd import segsum_exp, ssd_chunked, ssd_reference
+from cald_brain.mixers.ops.ssd import segsum_exp, ssd_chunked, ssd_reference
 
 
 def make_inputs(batch, length, nheads, headdim, ngroups, dstate, dtype=torch.float64, dt_scale=0.5, seed=0):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cald_brain.mixers import Mamba
-from cald_brain.mixers.kernels import cuda_kernels
+from cald_brain.mixers.ops.kernels import cuda_kernels
 
 # Written by hand from mamba_ssm/modules/mamba_simple.py (in_proj: 2*d_inner x d_model; depthwise conv1d;
 # x_proj: dt_rank + 2*d_state outputs, no bias; dt_proj: dt_rank -> d_inner, with bias;

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cald_brain.mixers.selective_scan import selective_scan, selective_scan_ref
+from cald_brain.mixers.ops.selective_scan import selective_scan, selective_scan_ref
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 

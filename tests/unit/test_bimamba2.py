@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cald_brain.mixers import BiMamba2
-from cald_brain.mixers.kernels import cuda_kernels
+from cald_brain.mixers.ops.kernels import cuda_kernels
 
 D_MODEL = 32
 

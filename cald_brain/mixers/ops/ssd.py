@@ -20,8 +20,7 @@ one call can then scan the batches of several modules stacked together.
 
 import torch
 
-# Chunk length of the CPU path, by measurement (docs/BENCHMARK.md): the fastest scan on one thread, forward
-# and backward (16 ties, 64 is ~30 % slower, 128 twice as slow); per layer 5-8 %. The GPU kernels keep their
+# Chunk length of the CPU path, chosen by measurement (docs/BENCHMARK.md). The GPU kernels keep their
 # own `chunk_size` (256 by default).
 CPU_CHUNK_SIZE = 32
 
@@ -35,7 +34,7 @@ def segsum_exp(dA: torch.Tensor) -> torch.Tensor:
     """(..., Q) log-decays -> (..., Q, Q) with [j, i] = exp(dA[j+1] + ... + dA[i]) for i >= j, else 0.
 
     Note the orientation: row j is the source step, column i the target step, so that both the cumulative
-    sum and the exp run along the contiguous last axis (twice as fast on CPU as along rows). The sums are
+    sum and the exp run along the contiguous last axis (docs/BENCHMARK.md). The sums are
     masked cumulative sums, not differences of one cumsum (no cancellation), and the -inf mask is applied
     before the exp, so neither the output nor its gradient ever meets inf * 0. In-place steps are ones
     autograd allows (cumsum and add do not save their output; exp saves its own result).

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import TINY_AUDIO_CONFIG
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -36,19 +37,7 @@ from cald_brain.brain import CALDBrain
 from cald_brain.convert import convert, load_and_convert, load_student, supported_model_types
 from cald_brain.mixers.masking import lengths_to_mask
 
-AUDIO = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(16, 16),
-    conv_stride=(5, 4),
-    conv_kernel=(10, 8),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2,
-    layerdrop=0.0,
-    mask_time_prob=0.0,
-)
+AUDIO = TINY_AUDIO_CONFIG
 TEXT = dict(
     vocab_size=100,
     hidden_size=32,

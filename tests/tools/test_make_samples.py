@@ -1,30 +1,19 @@
 """tools/make_samples.py: offline sentences, espeak-ng synthesis and the committed mini TED-LIUM 3."""
 
 import filecmp
-import importlib.util
 import os
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEDLIUM_SAMPLE as SAMPLE
+from conftest import load_repo_script
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "samples" / "TEDLIUM_release-3"
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_samples", ROOT / "tools" / "make_samples.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-make_samples = _load_tool()
+make_samples = load_repo_script("tools/make_samples.py", "make_samples")
 
 
 def test_english_sentences_are_clean_and_deterministic():

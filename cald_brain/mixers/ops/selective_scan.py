@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-DEFAULT_CHUNK_SIZE = 16  # best of 8-128 on CPU (forward + backward, L=2000, dim 1536, d_state 16)
+DEFAULT_CHUNK_SIZE = 16  # chosen by measurement (docs/BENCHMARK.md)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

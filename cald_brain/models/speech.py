@@ -1,0 +1,196 @@
+"""Speech models for CALD recipes: a Hugging Face audio encoder (the transformer teacher, or its linear-time
+conversion as student) plus a task head: frame-level logits for CTC, or pooled per-utterance logits for
+classification (intent, speaker, ...).
+
+The same classes build teacher and student, so their hidden states pair index by index: the student is the
+teacher's architecture with `mixer=` set. Both load through `cald_brain.convert` (one rule for hub names and
+folders, config overrides applied before the weights load).
+
+    student: !new:cald_brain.models.SpeechModel
+        encoder: !new:cald_brain.models.SpeechEncoder
+            source: facebook/wav2vec2-base
+            mixer: bimamba2
+            config_overrides: {hidden_dropout: 0.2, mask_time_prob: 0.1}
+        num_outputs: 29
+"""
+
+import os
+from typing import Any
+
+import torch
+from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
+from torch import nn
+from transformers import AutoFeatureExtractor, AutoModel
+
+from cald_brain.brain import ModelOutputs
+from cald_brain.convert import resolve_source
+from cald_brain.mixers.masking import lengths_to_mask
+
+from .layerdrop import install_layerdrop
+from .loading import load_model
+
+POOLINGS = (None, "mean", "statistics", "attentive")
+
+
+def read_do_normalize(source: str) -> bool:
+    """The `do_normalize` flag of a checkpoint's feature extractor (preprocessor_config.json)."""
+    source = resolve_source(source)
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(source)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"{os.path.join(source, 'preprocessor_config.json')} could not be read: the encoder checkpoint "
+            f"must hold the feature extractor's preprocessor_config.json (or pass normalize_wav=True/False "
+            f"explicitly). {err}"
+        ) from err
+    return bool(getattr(extractor, "do_normalize", True))
+
+
+def conv_output_lengths(config: Any, lengths: torch.Tensor) -> torch.Tensor:
+    """Frames the convolutional feature encoder makes of `lengths` samples (config.conv_kernel/conv_stride,
+    no padding: floor((n - kernel) / stride) + 1 per layer)."""
+    if getattr(config, "add_adapter", False):
+        raise ValueError("audio encoders with add_adapter=True are not supported (their frame rate differs)")
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths
+
+
+def normalize_padded(wavs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-utterance zero mean / unit variance over the valid samples only; padding stays zero."""
+    maskf = mask.to(wavs.dtype)
+    count = maskf.sum(dim=1, keepdim=True)
+    mean = (wavs * maskf).sum(dim=1, keepdim=True) / count
+    var = (((wavs - mean) * maskf) ** 2).sum(dim=1, keepdim=True) / count
+    return (wavs - mean) / torch.sqrt(var + 1e-7) * maskf
+
+
+class SpeechEncoder(nn.Module):
+    """A pretrained audio transformer (wav2vec2, HuBERT, WavLM, data2vec-audio), optionally converted to a
+    linear-time student.
+
+    Arguments
+    ---------
+    source: hub name or local folder of the pretrained transformer (the conversion source).
+    mixer: None for the transformer itself (teacher); "bimamba2", "mamba2" or "linformer" for a student.
+    mixer_kwargs: keyword arguments of the mixer (e.g. {"d_state": 128}).
+    init: "random" (as in the CALD reference) or "attention" (new mixers start from the attention weights).
+    freeze_feature_encoder: keep the convolutional feature encoder frozen, as usual for wav2vec2 fine-tuning.
+    normalize_wav: zero-mean / unit-variance per utterance; None reads `do_normalize` from the checkpoint.
+    config_overrides: config attributes set before loading (dropouts, layerdrop, SpecAugment masking).
+
+    Hidden states, teacher and student alike: N + 1 of them for N layers, index 0 the input of the first
+    layer, index i the output of layer i. LayerDrop (the checkpoint's `layerdrop`, e.g. 0.1 for
+    wav2vec2-base and -large-lv60, or an override) stays active in training, and a skipped layer's slot
+    holds its input (`cald_brain.models.layerdrop`). For stable-layer-norm encoders
+    (`do_stable_layer_norm`, the large-lv60 layout) the last state is the output of the encoder's final
+    LayerNorm, as in the CALD reference.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        mixer: str | None = None,
+        mixer_kwargs: dict[str, Any] | None = None,
+        init: str = "random",
+        freeze_feature_encoder: bool = True,
+        normalize_wav: bool | None = None,
+        config_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = load_model(source, AutoModel, mixer, mixer_kwargs, init, config_overrides)
+        self.layerdrop = install_layerdrop(self.model.config, self.model.encoder.layers)
+        self.normalize_wav = read_do_normalize(source) if normalize_wav is None else normalize_wav
+        if freeze_feature_encoder:
+            self.model.freeze_feature_encoder()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def forward(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+        """Encode a padded batch.
+
+        wavs: (batch, samples) waveforms; wav_lens: (batch,) relative lengths in (0, 1] (SpeechBrain style).
+        Returns the encoder output, all hidden states (embeddings first, then one per layer) and the
+        (batch, frames) bool mask of valid frames.
+        """
+        n_samples = wavs.shape[1]
+        abs_lens = torch.round(wav_lens * n_samples).long().clamp(1, n_samples)
+        sample_mask = lengths_to_mask(abs_lens, n_samples)
+        if self.normalize_wav:
+            wavs = normalize_padded(wavs, sample_mask)
+        out = self.model(wavs, attention_mask=sample_mask.long(), output_hidden_states=True)
+        frames = out.last_hidden_state.shape[1]
+        frame_mask = lengths_to_mask(conv_output_lengths(self.model.config, abs_lens), frames)
+        hidden_states = tuple(out.hidden_states)
+        if getattr(self.model.config, "do_stable_layer_norm", False):
+            hidden_states = (*hidden_states[:-1], out.last_hidden_state)  # after the final LayerNorm
+        return out.last_hidden_state, hidden_states, frame_mask
+
+
+def masked_mean_std(feats: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, ...]:
+    """Mean and standard deviation over the valid frames of (batch, frames, dim) features."""
+    maskf = mask.unsqueeze(-1).to(feats.dtype)
+    count = maskf.sum(dim=1).clamp(min=1.0)
+    mean = (feats * maskf).sum(dim=1) / count
+    var = (((feats - mean.unsqueeze(1)) * maskf) ** 2).sum(dim=1) / count
+    return mean, var.clamp(min=eps).sqrt()
+
+
+class Pooling(nn.Module):
+    """Per-utterance pooling of (batch, frames, dim) features over the valid frames.
+
+    kind: "mean"; "statistics" (mean and standard deviation concatenated, x-vector style); "attentive"
+    (attentive statistics pooling, ECAPA-TDNN: frame weights from a small attention network, then the
+    weighted mean and standard deviation; SpeechBrain's AttentiveStatisticsPooling).
+    """
+
+    def __init__(self, kind: str, dim: int, attention_channels: int = 128) -> None:
+        super().__init__()
+        if kind not in POOLINGS[1:]:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {kind!r}")
+        self.kind = kind
+        self.out_dim = dim if kind == "mean" else 2 * dim
+        self.attention = AttentiveStatisticsPooling(dim, attention_channels) if kind == "attentive" else None
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, dim) and its (batch, frames) mask -> (batch, out_dim)."""
+        if self.attention is not None:
+            rel_lens = mask.sum(dim=1).to(feats.dtype) / mask.shape[1]
+            return self.attention(feats.transpose(1, 2), rel_lens).squeeze(-1)
+        mean, std = masked_mean_std(feats, mask)
+        return mean if self.kind == "mean" else torch.cat([mean, std], dim=-1)
+
+
+class SpeechModel(nn.Module):
+    """Encoder + linear task head: frame-level logits (CTC) or pooled per-utterance logits (classification).
+
+    The head is sized from the encoder's hidden size, so a YAML file only names the number of outputs.
+    pooling: None (frame level), "mean", "statistics" or "attentive" (see `Pooling`).
+    """
+
+    def __init__(
+        self,
+        encoder: SpeechEncoder,
+        num_outputs: int,
+        pooling: str | None = None,
+        attention_channels: int = 128,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.encoder = encoder
+        self.pooling = None if pooling is None else Pooling(pooling, encoder.hidden_size, attention_channels)
+        self.head = nn.Linear(
+            encoder.hidden_size if self.pooling is None else self.pooling.out_dim, num_outputs
+        )
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> ModelOutputs:
+        """logits (B, T, V), or (B, C) when pooled; every hidden state; the (B, T) frame mask."""
+        feats, hidden_states, mask = self.encoder(wavs, wav_lens)
+        if self.pooling is not None:
+            feats = self.pooling(feats, mask)
+        return ModelOutputs(logits=self.head(feats), hidden_states=hidden_states, mask=mask)
