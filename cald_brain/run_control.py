@@ -194,20 +194,20 @@ class StoppedOnSignal(SystemExit):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _scalar_type(annotation: Any) -> type | tuple | None:
+def scalar_type(annotation: Any) -> type | tuple | None:
     """int / float / str / bool, or a tuple of Literal choices, for a RunOptions field; None otherwise."""
     if typing.get_origin(annotation) is typing.Literal:
         return typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _scalar_type(args[0]) if len(args) == 1 else None
+        return scalar_type(args[0]) if len(args) == 1 else None
     return annotation if annotation in (int, float, str, bool) else None
 
 
 RUN_OPTION_TYPES = {
     f.name: kind
     for f in dataclasses.fields(RunOptions)
-    if (kind := _scalar_type(typing.get_type_hints(RunOptions)[f.name])) is not None
+    if (kind := scalar_type(typing.get_type_hints(RunOptions)[f.name])) is not None
 }
 TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
