@@ -6,14 +6,16 @@ Before anything heavy is built, run options and `--key=value` overrides are chec
 the output folder is locked so that a second run on it is refused (see `cald_brain.run_control`).
 """
 
+import contextlib
 import dataclasses
 import os
 import sys
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import TaggedScalar
 
@@ -50,21 +52,37 @@ def resolve_hparams_path(path: str, recipe_dir: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def _yaml_errors(hparams_file: str) -> Iterator[None]:
+    """Turn HyperPyYAML's errors into RecipeErrors naming the file and the fix."""
+    try:
+        yield
+    except KeyError as err:  # unknown --key=value override
+        raise RecipeError(
+            f"{hparams_file}: {err.args[0]}. Command-line overrides must name a top-level key of this file."
+        ) from err
+    except (ValueError, TypeError) as err:
+        hint = ""
+        if "PLACEHOLDER" in str(err):
+            hint = " Pass it on the command line, e.g. --data_folder=/path."
+        raise RecipeError(f"{hparams_file}: {err}.{hint}") from err
+
+
 def load_hparams(hparams_file: str, overrides: str | dict | None = None) -> dict[str, Any]:
     """Load a HyperPyYAML file; bad keys, missing placeholders and bad arguments name the file and the fix."""
-    with open(hparams_file, encoding="utf-8") as fin:
-        try:
-            return load_hyperpyyaml(fin, overrides)
-        except KeyError as err:  # unknown --key=value override
-            raise RecipeError(
-                f"{hparams_file}: {err.args[0]}. "
-                "Command-line overrides must name a top-level key of this file."
-            ) from err
-        except (ValueError, TypeError) as err:
-            hint = ""
-            if "PLACEHOLDER" in str(err):
-                hint = " Pass it on the command line, e.g. --data_folder=/path."
-            raise RecipeError(f"{hparams_file}: {err}.{hint}") from err
+    with open(hparams_file, encoding="utf-8") as fin, _yaml_errors(hparams_file):
+        return load_hyperpyyaml(fin, overrides)
+
+
+def output_folder_of(hparams_file: str, overrides: str | dict | None = None) -> str:
+    """`output_folder` of the hparams with the overrides, without building any object (cheap: the folder is
+    locked before the models are loaded)."""
+    with open(hparams_file, encoding="utf-8") as fin, _yaml_errors(hparams_file):
+        resolved = resolve_references(fin, overrides)
+    folder = YAML(typ="rt").load(resolved).get("output_folder")
+    if not isinstance(folder, str):
+        raise RecipeError(f"{hparams_file}: output_folder must be set to a folder, got {folder!r}")
+    return folder
 
 
 def typed_run_options(run_opts: Any) -> Any:
@@ -155,8 +173,8 @@ def start_recipe(recipe_dir: str, argv: list[str] | None = None) -> tuple[dict[s
     run_opts = typed_run_options(run_opts)
     check_override_types(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
+    lock_output_folder(output_folder_of(hparams_file, overrides))
     hparams = load_hparams(hparams_file, overrides)
-    lock_output_folder(hparams["output_folder"])
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
