@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Crash a training command repeatedly at its most fragile moments, then let it finish.
 
-Starts COMMAND, watches SAVE_FOLDER and SIGKILLs the process the moment a new checkpoint folder appears there
-(the temporary folder of a checkpoint being written, or a finished `CKPT+*`), --kills times; then runs COMMAND
-once more to the end. Passes if that last run exits 0 (and, with --reference, if its last checkpoint holds the
-same tensors as the reference run's):
+Starts COMMAND, watches SAVE_FOLDER and SIGKILLs the process the moment a new checkpoint folder appears there,
+--kills times, alternating: odd runs die as a checkpoint starts being written (its temporary folder appears;
+with plain SpeechBrain, as `CKPT+*` appears), even runs as soon as a new `CKPT+*` folder is there (with plain
+SpeechBrain, again mid-write). Then it runs COMMAND once more to the end. Passes if that last run exits 0
+(and, with --reference, if its last checkpoint holds the same tensors as the reference run's):
 
     python tools/crash_loop.py --kills 5 --save_folder results/k/save -- \\
         python recipes/TEDLIUM/train.py hparams/bimamba2_trajectory.yaml --output_folder=results/k ...
@@ -22,24 +23,26 @@ from pathlib import Path
 import torch
 
 
-def new_checkpoint_entry(folder: Path, before: set[str]) -> str | None:
-    """A checkpoint folder (being written or done) in `folder` that was not in `before`."""
+def new_checkpoint_entry(folder: Path, before: set[str], prefixes: tuple[str, ...]) -> str | None:
+    """An entry of `folder` starting with one of `prefixes` that was not in `before`."""
     if not folder.is_dir():
         return None
     for name in os.listdir(folder):
-        if name not in before and "CKPT+" in name:
+        if name not in before and name.startswith(prefixes):
             return name
     return None
 
 
-def kill_at_next_checkpoint(command: list[str], save: Path, log: Path) -> tuple[str | None, int]:
-    """Run `command` until a new checkpoint entry appears in `save`, then SIGKILL it.
+def kill_at_next_checkpoint(
+    command: list[str], save: Path, log: Path, prefixes: tuple[str, ...]
+) -> tuple[str | None, int]:
+    """Run `command` until a new entry starting with one of `prefixes` appears in `save`, then SIGKILL it.
     Returns (the entry that triggered the kill or None if the run ended first, exit status)."""
     before = set(os.listdir(save)) if save.is_dir() else set()
     with open(log, "a") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         while proc.poll() is None:
-            entry = new_checkpoint_entry(save, before)
+            entry = new_checkpoint_entry(save, before, prefixes)
             if entry is not None:
                 proc.send_signal(signal.SIGKILL)
                 return entry, proc.wait()
@@ -82,7 +85,8 @@ def main() -> int:
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     for attempt in range(1, args.kills + 1):
-        entry, status = kill_at_next_checkpoint(command, args.save_folder, args.log)
+        prefixes = (".tmp-CKPT+", "CKPT+") if attempt % 2 else ("CKPT+",)
+        entry, status = kill_at_next_checkpoint(command, args.save_folder, args.log, prefixes)
         if entry is None:
             print(f"run {attempt}: finished on its own (status {status}) before another checkpoint")
             break
