@@ -17,8 +17,9 @@ SAMPLE = ROOT / "tests" / "samples" / "TEDLIUM_release-3"
 TINY_MODEL = ROOT / "tests" / "samples" / "models" / "tiny-wav2vec2"
 
 
-def recipe_args(out: Path, *extra: str) -> list[str]:
-    """The trajectory recipe on the sample: 1 epoch of 10 steps, a checkpoint every 2 steps, no workers."""
+def recipe_args(out: Path, *extra: str, ckpt_steps: int = 2) -> list[str]:
+    """The trajectory recipe on the sample: 1 epoch of 10 steps, a checkpoint every `ckpt_steps`, no
+    workers."""
     return [
         str(TRAIN),
         "hparams/bimamba2_trajectory.yaml",
@@ -31,7 +32,7 @@ def recipe_args(out: Path, *extra: str) -> list[str]:
         "--d_state=16",
         "--number_of_epochs=1",
         "--ckpt_interval_minutes=0",
-        "--ckpt_interval_steps=2",
+        f"--ckpt_interval_steps={ckpt_steps}",
         "--train_dataloader_opts={batch_size: 2, num_workers: 0}",
         "--noprogressbar",
         *extra,
