@@ -1,6 +1,6 @@
-"""tools/crash_loop.py on the TED-LIUM sample: SIGKILLed again and again the moment a checkpoint folder appears
-(mid-write, and right after the rename), the same command then finishes with exactly the uninterrupted run's
-final checkpoint. Slow (about 10 recipe starts)."""
+"""tools/crash_loop.py on the TED-LIUM sample: SIGKILLed again and again the moment a checkpoint folder
+appears (mid-write, and right after the rename), the same command then finishes with exactly the uninterrupted
+run's final checkpoint. Slow (about 10 recipe starts)."""
 
 import subprocess
 import sys
