@@ -113,12 +113,14 @@ class CALDBrain(sb.Brain):
         self.lr_by_prefix = hparams.get("lr_by_prefix")
         self.lr_scheduler = None
         self.student = self.modules.student  # unwrapped: what checkpoints and snapshots save
-        # The train loader draws its workers' seed from its own generator, so creating its iterator after a
-        # mid-epoch resume does not shift the global generators restored from the checkpoint.
-        self.loader_generator = torch.Generator().manual_seed(torch.initial_seed())
+        # The train loader draws its workers' seed from its own generator, re-seeded from the epoch number,
+        # so creating its iterator after a mid-epoch resume neither shifts the global generators restored
+        # from the checkpoint nor gives the workers other seeds than the uninterrupted run's.
+        self.loader_seed = torch.initial_seed()
+        self.loader_generator = torch.Generator()
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("student", self.student)
-            self.checkpointer.add_recoverable("rng", RandomStates({"train_loader": self.loader_generator}))
+            self.checkpointer.add_recoverable("rng", RandomStates())
         self.term_averages = TermAverages()
         self.skipped_steps = 0  # this epoch
         self.nonfinite_in_a_row = 0
@@ -202,6 +204,11 @@ class CALDBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self._train_loader = loader
         return loader
+
+    def _fit_train(self, train_set, epoch, enable):
+        """SpeechBrain's train stage, with the train loader's generator seeded for this epoch."""
+        self.loader_generator.manual_seed(self.loader_seed + epoch)
+        super()._fit_train(train_set, epoch, enable)
 
     def total_optimizer_steps(self) -> int | None:
         """Planned optimizer steps of the run: optimizer_step_limit, else epochs × steps per epoch."""

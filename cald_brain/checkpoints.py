@@ -208,13 +208,9 @@ class AtomicCheckpointer(Checkpointer):
 
 @register_checkpoint_hooks
 class RandomStates:
-    """The state of every random number generator of the process, as one recoverable (`rng.ckpt`): torch
-    (CPU and every CUDA device), NumPy's and Python's global generators, and any extra torch Generators
-    given (e.g. the train loader's). Restoring it makes dropout, masking and shuffling after a resume draw the
-    same numbers as the uninterrupted run."""
-
-    def __init__(self, generators: dict[str, torch.Generator] | None = None):
-        self.generators = dict(generators or {})
+    """The state of the global random number generators of the process, as one recoverable (`rng.ckpt`):
+    torch (CPU and every CUDA device), NumPy and Python. Restoring it makes dropout, masking and augmentation
+    after a resume draw the same numbers as the uninterrupted run."""
 
     @mark_as_saver
     def _save(self, path: Path) -> None:
@@ -234,7 +230,6 @@ class RandomStates:
                 "state": torch.tensor(mt_state, dtype=torch.int64),
                 "gauss": gauss,
             },
-            "generators": {name: gen.get_state() for name, gen in self.generators.items()},
         }
         torch.save(state, path)
 
@@ -262,7 +257,3 @@ class RandomStates:
         )
         py_state = state["python"]
         random.setstate((py_state["version"], tuple(py_state["state"].tolist()), py_state["gauss"]))
-        for name, gen in self.generators.items():
-            if name not in state["generators"]:
-                raise RuntimeError(f"{path} holds no state for the random generator {name!r}")
-            gen.set_state(state["generators"][name])
