@@ -43,6 +43,19 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+def run_together(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """Run independent recipe commands at the same time (start-up is mostly single-threaded)."""
+    procs = [
+        subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for args in commands
+    ]
+    done = []
+    for args, proc in zip(commands, procs, strict=True):
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode()))
+    return done
+
+
 def final_state(out: Path) -> dict[str, torch.Tensor]:
     """Student, joint teacher and both optimizers of the run's last checkpoint."""
     (ckpt,) = (out / "save").glob("CKPT+*")
@@ -59,11 +72,12 @@ def final_state(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
-    reference = run(recipe_args(tmp_path / "ref"))
-    assert reference.returncode == 0, reference.stderr[-3000:]
-
     out = tmp_path / "killed"
-    killed = run([str(KILLER), "5", *recipe_args(out)])  # checkpoints after steps 2 and 4, killed after 5
+    reference, killed = run_together(
+        recipe_args(tmp_path / "ref"),
+        [str(KILLER), "5", *recipe_args(out)],  # checkpoints after steps 2 and 4, killed after step 5
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (out / "train_log.txt").exists() and list((out / "save").glob("CKPT+*"))  # died mid-epoch
     resumed = run(recipe_args(out))
