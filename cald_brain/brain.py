@@ -3,7 +3,8 @@ distillation, following a guidance schedule (unguided / target / trajectory / wa
 
 Recipes implement `forward_model` (run one network), `task_loss` and optionally `update_metrics` and
 `prepare_batch`; CALDBrain owns the train/eval steps, the teacher, the objective, optimizer stepping,
-non-finite handling, waypoint snapshots and the checkpointing of all of it. See docs/ENGINE.md.
+non-finite handling, waypoint snapshots and the checkpointing of all of it (random number generators
+included, so a resumed run continues exactly), and stops cleanly on SIGUSR1. See docs/ENGINE.md.
 """
 
 import logging
@@ -20,6 +21,7 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain.utils.distributed import if_main_process
 from torch.utils.data import DataLoader
 
+from cald_brain.checkpoints import RandomStates
 from cald_brain.data.sampling import DurationBatchSampler
 from cald_brain.distill.guidance import Guidance, StepPlan, config_from_hparams
 from cald_brain.distill.losses import (
@@ -29,8 +31,10 @@ from cald_brain.distill.losses import (
     layerwise_distillation_loss,
     logit_distillation_loss,
 )
-from cald_brain.distill.teachers import SNAPSHOT_DIRNAME, Teacher, save_snapshot
+from cald_brain.distill.snapshots import SNAPSHOT_DIRNAME, save_snapshot
+from cald_brain.distill.teachers import Teacher
 from cald_brain.optim import NO_DECAY_MODULES, param_groups
+from cald_brain.run_control import RUN_OPTION_TYPES, StoppedOnSignal, StopRequest, check_run_options
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ def move_to_device(batch: Any, device: str | torch.device) -> Any:
 
 class TermAverages:
     """Running averages of the logged loss terms over the micro-batches of an epoch (each term over the
-    micro-batches where it was computed and finite, like SpeechBrain's average of the total loss)."""
+    micro-batches where it was computed and finite; NaN if it was never finite, rather than a made-up 0)."""
 
     def __init__(self):
         self.sums: dict[str, float] = {}
@@ -73,13 +77,12 @@ class TermAverages:
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         values = torch.stack([value.detach().float() for value in terms.values()]).tolist()
         for key, value in zip(terms, values, strict=True):
-            if not math.isfinite(value):
-                continue
-            self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + 1
+            finite = math.isfinite(value)
+            self.sums[key] = self.sums.get(key, 0.0) + (value if finite else 0.0)
+            self.counts[key] = self.counts.get(key, 0) + finite
 
     def averages(self) -> dict[str, float]:
-        return {key: self.sums[key] / self.counts[key] for key in self.sums}
+        return {key: self.sums[key] / self.counts[key] if self.counts[key] else math.nan for key in self.sums}
 
     def state_dict(self) -> dict[str, dict]:
         return {"sums": dict(self.sums), "counts": dict(self.counts)}
@@ -103,6 +106,7 @@ class CALDBrain(sb.Brain):
                 "CALDBrain needs the student network as modules['student'] (YAML: modules: {student: ...})"
             )
         super().__init__(modules, opt_class or hparams.get("opt_class"), hparams, run_opts, checkpointer)
+        self._check_run_options()
         self.guidance = Guidance.from_hparams(hparams)
         self.loss_config = config_from_hparams(DistillLossConfig, hparams)
         self.snapshot_every_steps = int(hparams.get("snapshot_every_steps") or 0)
@@ -113,15 +117,34 @@ class CALDBrain(sb.Brain):
         self.no_decay_modules = hparams.get("no_decay_modules", NO_DECAY_MODULES)
         self.lr_scheduler = None
         self.student = self.modules.student  # unwrapped: what checkpoints and snapshots save
+        # The train loader draws its workers' seed from its own generator, re-seeded from the epoch number,
+        # so creating its iterator after a mid-epoch resume neither shifts the global generators restored
+        # from the checkpoint nor gives the workers other seeds than the uninterrupted run's.
+        self.loader_seed = torch.initial_seed()
+        self.loader_generator = torch.Generator()
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("student", self.student)
+            self.checkpointer.add_recoverable("rng", RandomStates())
         self.term_averages = TermAverages()
         self.skipped_steps = 0  # this epoch
         self.nonfinite_in_a_row = 0
         self._window_finite = True
+        self._stop_now = False  # a stop request agreed by every rank at the end of the last window
+        self._evaluating = False
         self._teacher_checked = False
         self._epoch_counter = None
         self._train_loader = None
+
+    def _check_run_options(self) -> None:
+        """SpeechBrain run options (command line or YAML) converted to their declared types: the command line
+        leaves e.g. optimizer_step_limit a string, which would fail at the first comparison."""
+        options = {key: getattr(self, key) for key in RUN_OPTION_TYPES if hasattr(self, key)}
+        try:
+            typed = check_run_options(options)
+        except TypeError as err:
+            raise TypeError(f"run option {err}") from err
+        for key, value in typed.items():
+            setattr(self, key, value)
 
     # --- recipe hooks ---------------------------------------------------------------------------------------
 
@@ -142,7 +165,10 @@ class CALDBrain(sb.Brain):
         return move_to_device(batch, self.device)
 
     def stage_stats(self, stage: sb.Stage, stage_loss: float) -> dict[str, float]:
-        """{"loss": stage_loss}, plus at TRAIN the epoch averages of the logged terms and `skipped_steps`."""
+        """{"loss": stage_loss}, plus at TRAIN the epoch averages of the logged terms and `skipped_steps`.
+
+        The TRAIN loss is the average over the micro-batches with a finite loss (NaN if none was); a
+        VALID/TEST loss is NaN if any batch's was not finite."""
         stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
             stats.update(self.term_averages.averages())
@@ -165,8 +191,10 @@ class CALDBrain(sb.Brain):
         train_loader_kwargs={},  # noqa: B006 (SpeechBrain's signature)
         valid_loader_kwargs={},  # noqa: B006
     ):
-        """SpeechBrain's fit; remembers the epoch counter and train loader to size hybrid schedules."""
+        """SpeechBrain's fit; remembers the epoch counter and train loader to size hybrid schedules, and
+        handles SIGUSR1 (save a checkpoint at the end of the optimizer step, then exit)."""
         self._epoch_counter = epoch_counter
+        StopRequest.install()
         if isinstance(train_set, DataLoader):
             self._train_loader = train_set
         super().fit(
@@ -174,6 +202,8 @@ class CALDBrain(sb.Brain):
         )
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        if stage == sb.Stage.TRAIN:
+            loader_kwargs.setdefault("generator", self.loader_generator)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self._train_loader = loader
@@ -187,6 +217,11 @@ class CALDBrain(sb.Brain):
             self.train_sampler = loader_kwargs["batch_sampler"]
             return loader_kwargs
         return super()._train_loader_specifics(dataset, loader_kwargs)
+
+    def _fit_train(self, train_set, epoch, enable):
+        """SpeechBrain's train stage, with the train loader's generator seeded for this epoch."""
+        self.loader_generator.manual_seed(self.loader_seed + epoch)
+        super()._fit_train(train_set, epoch, enable)
 
     def total_optimizer_steps(self) -> int | None:
         """Planned optimizer steps of the run: optimizer_step_limit, else epochs × steps per epoch."""
@@ -281,6 +316,7 @@ class CALDBrain(sb.Brain):
         of an accumulation window. Returns the detached total loss."""
         if self.step == 1:
             self._start_epoch()
+        self._evaluating = False
         should_step = self.step % self.grad_accumulation_factor == 0
         batch = self.prepare_batch(batch, sb.Stage.TRAIN)
         plan = self.guidance.plan(self.optimizer_step)
@@ -297,7 +333,7 @@ class CALDBrain(sb.Brain):
             plan.teacher.backward(terms["teacher_task"], self.grad_accumulation_factor)
         if should_step:
             self._finish_window(plan)
-        self.term_averages.add(terms)
+        self.term_averages.add({"loss": loss, **terms})
         self.on_fit_batch_end(batch, student, loss, should_step)
         return loss.detach().cpu()
 
@@ -376,8 +412,9 @@ class CALDBrain(sb.Brain):
         self._teacher_checked = True
 
     def _finish_window(self, plan: StepPlan) -> None:
-        """End of an accumulation window: step everything, or skip the step if any loss was not finite."""
-        finite = self._all_ranks_agree(self._window_finite)
+        """End of an accumulation window: step everything, or skip the step if any loss was not finite; note
+        a stop request (SIGUSR1) that the intra-epoch checkpoint logic then serves."""
+        finite, self._stop_now = self._ranks_agree(self._window_finite, StopRequest.requested)
         self._window_finite = True
         if not finite:
             self._skip_step(plan)
@@ -419,18 +456,31 @@ class CALDBrain(sb.Brain):
 
     def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
         """SpeechBrain's intra-epoch checkpoint decision, deferred to the end of an accumulation window: the
-        gradients accumulated inside a window are not checkpointed, so resuming there would be inexact."""
+        gradients accumulated inside a window are not checkpointed, so resuming there would be inexact.
+        A stop request forces a checkpoint there."""
         if self.step % self.grad_accumulation_factor != 0:
             return False
+        if self._stop_now:
+            return True
         return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
 
-    def _all_ranks_agree(self, flag: bool) -> bool:
-        """True only if `flag` is True on every rank (so every rank skips the same steps)."""
+    def _save_intra_epoch_ckpt(self):
+        """SpeechBrain's intra-epoch checkpoint; after a stop request, exit once it is written."""
+        if self.checkpointer is not None:
+            super()._save_intra_epoch_ckpt()
+        if self._stop_now:
+            StopRequest.requested = False  # served
+            where = self.checkpointer.checkpoints_dir if self.checkpointer is not None else None
+            raise StoppedOnSignal(f"a checkpoint in {where}" if where else "nothing (no checkpointer)")
+
+    def _ranks_agree(self, all_of: bool, any_of: bool) -> tuple[bool, bool]:
+        """(`all_of` is True on every rank, `any_of` is True on some rank): every rank skips the same steps
+        and stops at the same step."""
         if not (dist.is_available() and dist.is_initialized()):
-            return flag
-        value = torch.tensor(int(flag), device=self.device)
+            return all_of, any_of
+        value = torch.tensor([int(all_of), int(not any_of)], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
-        return bool(value.item())
+        return bool(value[0].item()), not bool(value[1].item())
 
     def _skip_step(self, plan: StepPlan) -> None:
         self.zero_grad(set_to_none=True)
@@ -460,12 +510,20 @@ class CALDBrain(sb.Brain):
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
         """Student only: task loss and metrics."""
+        self._evaluating = True
         batch = self.prepare_batch(batch, stage)
         with self.evaluation_ctx:
             outputs = self.forward_model(self.modules.student, batch, stage)
             loss = self.task_loss(outputs, batch, stage)
         self.update_metrics(outputs, batch, stage)
         return loss.detach().cpu()
+
+    def update_average(self, loss, avg_loss):
+        """SpeechBrain's running average; at VALID/TEST a non-finite batch loss makes the stage loss NaN
+        (SpeechBrain leaves it out, so a model that outputs NaN would report a loss of 0)."""
+        if self._evaluating and not torch.isfinite(loss):
+            return math.nan
+        return super().update_average(loss, avg_loss)
 
     # --- checkpoint -----------------------------------------------------------------------------------------
 

@@ -2,14 +2,33 @@
 
 `python recipes/TEDLIUM/train.py hparams/x.yaml` works from the repository root as well as from inside the
 recipe folder: a hparams path not found from the current directory is looked up in the recipe folder.
+Before anything heavy is built, run options and `--key=value` overrides are checked against their types, and
+the output folder is locked so that a second run on it is refused (see `cald_brain.run_control`).
 """
 
+import contextlib
+import dataclasses
 import os
 import sys
+import typing
+from collections.abc import Iterator
 from typing import Any
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import TaggedScalar
+
+from cald_brain.distill.guidance import GuidanceConfig
+from cald_brain.distill.losses import DistillLossConfig
+from cald_brain.run_control import (
+    TYPE_NAMES,
+    FolderInUseError,
+    RunLock,
+    StopRequest,
+    check_run_options,
+    scalar_type,
+)
 
 
 class RecipeError(SystemExit):
@@ -33,31 +52,128 @@ def resolve_hparams_path(path: str, recipe_dir: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def _yaml_errors(hparams_file: str) -> Iterator[None]:
+    """Turn HyperPyYAML's errors into RecipeErrors naming the file and the fix."""
+    try:
+        yield
+    except KeyError as err:  # unknown --key=value override
+        raise RecipeError(
+            f"{hparams_file}: {err.args[0]}. Command-line overrides must name a top-level key of this file."
+        ) from err
+    except (ValueError, TypeError) as err:
+        hint = ""
+        if "PLACEHOLDER" in str(err):
+            hint = " Pass it on the command line, e.g. --data_folder=/path."
+        raise RecipeError(f"{hparams_file}: {err}.{hint}") from err
+
+
 def load_hparams(hparams_file: str, overrides: str | dict | None = None) -> dict[str, Any]:
     """Load a HyperPyYAML file; bad keys, missing placeholders and bad arguments name the file and the fix."""
+    with open(hparams_file, encoding="utf-8") as fin, _yaml_errors(hparams_file):
+        return load_hyperpyyaml(fin, overrides)
+
+
+def output_folder_of(hparams_file: str, overrides: str | dict | None = None) -> str:
+    """`output_folder` of the hparams with the overrides, without building any object (cheap: the folder is
+    locked before the models are loaded)."""
+    with open(hparams_file, encoding="utf-8") as fin, _yaml_errors(hparams_file):
+        resolved = resolve_references(fin, overrides)
+    folder = YAML(typ="rt").load(resolved).get("output_folder")
+    if not isinstance(folder, str):
+        raise RecipeError(f"{hparams_file}: output_folder must be set to a folder, got {folder!r}")
+    return folder
+
+
+def typed_run_options(run_opts: Any) -> Any:
+    """`run_opts` (SpeechBrain's RunOptions) with every option converted to its declared type; a bad value is
+    a RecipeError naming the option and the expected type."""
+    try:
+        typed = check_run_options(dict(run_opts.items()))
+    except TypeError as err:
+        raise RecipeError(f"--{err}") from err
+    return dataclasses.replace(run_opts, **typed)
+
+
+def _declared_types() -> dict[str, type]:
+    """Scalar types of the CALD keys whose YAML default may be null (from the engine's config dataclasses)."""
+    found = {}
+    for cls in (GuidanceConfig, DistillLossConfig):
+        for name, annotation in typing.get_type_hints(cls).items():
+            if isinstance(kind := scalar_type(annotation), type):
+                found[name] = kind
+    return found
+
+
+def _default_types(hparams_file: str) -> dict[str, type]:
+    """The type of each top-level key's default in the hparams file: its plain value, or what a bare
+    `!ref <key>` points at; keys built by tags (`!new:` ...) have none."""
     with open(hparams_file, encoding="utf-8") as fin:
-        try:
-            return load_hyperpyyaml(fin, overrides)
-        except KeyError as err:  # unknown --key=value override
+        raw = YAML(typ="rt").load(fin) or {}
+    types = _declared_types()
+
+    def type_of(key: str, seen: frozenset = frozenset()) -> type | None:
+        value = raw.get(key)
+        if isinstance(value, TaggedScalar) and value.tag.value == "!ref" and key not in seen:
+            target = value.value.strip()
+            if target.startswith("<") and target.endswith(">") and target.count("<") == 1:
+                return type_of(target[1:-1], seen | {key})
+            return None
+        for kind in (bool, int, float, str):  # bool first: it is an int too
+            if isinstance(value, kind):
+                return kind
+        return types.get(key)
+
+    return {key: kind for key in raw if (kind := type_of(str(key))) is not None}
+
+
+def check_override_types(hparams_file: str, overrides: str | dict | None) -> None:
+    """Each `--key=value` override must have the type of the key's default in the hparams file (an integer
+    where 0.5 or "abc" would only fail deep inside the run); a mismatch is a RecipeError naming key and
+    type."""
+    if not overrides:
+        return
+    values = YAML(typ="safe", pure=True).load(overrides) if isinstance(overrides, str) else overrides
+    expected = _default_types(hparams_file)
+    for key, value in (values or {}).items():
+        kind = expected.get(key)
+        if kind is None or value is None or kind is str:
+            continue
+        fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            fits = True
+        if not fits:
             raise RecipeError(
-                f"{hparams_file}: {err.args[0]}. "
-                "Command-line overrides must name a top-level key of this file."
-            ) from err
-        except (ValueError, TypeError) as err:
-            hint = ""
-            if "PLACEHOLDER" in str(err):
-                hint = " Pass it on the command line, e.g. --data_folder=/path."
-            raise RecipeError(f"{hparams_file}: {err}.{hint}") from err
+                f"--{key}={value}: {key} must be {TYPE_NAMES[kind]} (its default in {hparams_file} is), "
+                f"got {value!r}"
+            )
+
+
+def lock_output_folder(folder: str) -> RunLock | None:
+    """Take the run lock of `folder` (rank 0 only under torchrun); a live run holding it is a RecipeError."""
+    if not sb.utils.distributed.if_main_process():
+        return None
+    lock = RunLock(folder)
+    try:
+        lock.acquire()
+    except FolderInUseError as err:
+        raise RecipeError(str(err)) from err
+    return lock
 
 
 def start_recipe(recipe_dir: str, argv: list[str] | None = None) -> tuple[dict[str, Any], Any, str]:
-    """Parse the command line, load the hparams, join the DDP group and create the experiment folder.
+    """Parse and type-check the command line, join the DDP group, load the hparams, lock the output folder
+    (one run at a time), handle SIGUSR1 (checkpoint and stop) and create the experiment folder.
 
     Returns (hparams, run_opts, hparams_file).
     """
+    StopRequest.install()
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
     hparams_file = resolve_hparams_path(hparams_file, recipe_dir)
+    run_opts = typed_run_options(run_opts)
+    check_override_types(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
+    lock_output_folder(output_folder_of(hparams_file, overrides))
     hparams = load_hparams(hparams_file, overrides)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],

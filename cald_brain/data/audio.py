@@ -7,6 +7,7 @@ failure names the file and says what to fix: a bad file deep inside an epoch is 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,45 @@ def audio_info(path: str | Path) -> AudioInfo:
     return AudioInfo(info.samplerate, info.channels, info.frames)
 
 
+_SAMPLE_BYTES = {"PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+def header_frames(path: str | Path) -> int | None:
+    """The frame count an audio file's header announces (NIST SPHERE ``sample_count``, or the size of a WAV
+    ``data`` chunk); None for other formats or an unreadable header. soundfile reports the frames actually
+    present, so comparing the two detects a truncated file."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(b"NIST_1A"):
+        fields = dict(re.findall(rb"^(\w+) -\w+ (\S+)$", head.split(b"end_head")[0], flags=re.M))
+        try:
+            return int(fields[b"sample_count"])
+        except (KeyError, ValueError):
+            return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        info = sf.info(str(path))
+        width = _SAMPLE_BYTES.get(info.subtype)
+        offset = 12
+        while width and offset + 8 <= len(head):
+            chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+            if chunk == b"data":
+                return size // (width * info.channels)
+            offset += 8 + size + size % 2
+    return None
+
+
+def check_not_truncated(path: str | Path, info: AudioInfo) -> None:
+    """Raise AudioFileError if the file holds fewer frames than its header announces."""
+    announced = header_frames(path)
+    if announced is not None and info.frames < announced:
+        raise AudioFileError(
+            f"{path} is truncated: its header announces {announced} frames "
+            f"({announced / info.sample_rate:.2f} s) but only {info.frames} "
+            f"({info.duration:.2f} s) are in the file. The file is damaged (an interrupted copy or "
+            "download): re-extract or re-download it."
+        )
+
+
 def read_segment(
     path: str | Path, start: float | None = None, stop: float | None = None, sample_rate: int = 16000
 ) -> torch.Tensor:
@@ -73,9 +113,11 @@ def read_segment(
     first = 0 if start is None else round(start * sample_rate)
     last = info.frames if stop is None else round(stop * sample_rate)
     if not 0 <= first < last <= info.frames:
+        check_not_truncated(path, info)
         raise AudioFileError(
-            f"Segment [{start}, {stop}] s is outside {path}, which lasts {info.duration:.3f} s: "
-            "the manifest does not match this file; re-run the data preparation."
+            f"Segment [{start}, {stop}] s is outside {path}, which lasts {info.duration:.3f} s: the manifest "
+            "does not match this file (was the file replaced after the data preparation?); prepare the data "
+            "again into a fresh save folder."
         )
     try:
         audio = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=False)[0]

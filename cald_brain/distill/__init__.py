@@ -10,15 +10,8 @@ from cald_brain.distill.losses import (
     logit_distillation_loss,
     normalize_hidden,
 )
-from cald_brain.distill.teachers import (
-    FrozenTeacher,
-    JointTeacher,
-    SnapshotTeacher,
-    Teacher,
-    list_snapshots,
-    resolve_checkpoint_file,
-    save_snapshot,
-)
+from cald_brain.distill.snapshots import list_snapshots, resolve_checkpoint_file, save_snapshot
+from cald_brain.distill.teachers import FrozenTeacher, JointTeacher, SnapshotTeacher, Teacher
 
 __all__ = [
     "MODES",

@@ -139,6 +139,8 @@ def main() -> None:
             "save_folder": hparams["save_folder"],
             "split": hparams["split"],
             "skip_prep": hparams["skip_prep"],
+            "characters": hparams["characters"],
+            "unknown_characters": hparams["unknown_characters"],
         },
     )
     label_encoder = build_label_encoder(hparams)

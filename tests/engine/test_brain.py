@@ -1,16 +1,22 @@
 """CALDBrain on the toy task: every guidance mode end to end, kill-and-resume, distillation effect, start-up
 errors, non-finite steps, snapshots, precision."""
 
+import math
+import os
+import random
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from toy_task import ToyBrain, ToyNet, fit, make_brain, make_dataset
 
 from cald_brain.distill.losses import layerwise_distillation_loss
+from cald_brain.run_control import STOP_EXIT_CODE
 
 STEPS_PER_EPOCH = 6  # 24 items, batch 4
 
@@ -309,6 +315,83 @@ def test_waypoint_kill_and_resume_matches_uninterrupted(tmp_path, teacher_run):
         "waypoint": 6,
         "released": False,
     }
+
+
+class NoisyBrain(ToyBrain):
+    """Input noise drawn from torch, NumPy and Python's generators: a resumed run only matches the
+    uninterrupted one if the checkpoint restores all three."""
+
+    def prepare_batch(self, batch, stage):
+        batch = super().prepare_batch(batch, stage)
+        if stage == stage.TRAIN:
+            x = batch.x.data
+            noise = torch.randn_like(x) + float(np.random.rand()) + random.random()
+            batch.x.data.copy_(x + 0.1 * noise)
+        return batch
+
+
+class NoisyKillingBrain(NoisyBrain, KillingBrain):
+    pass
+
+
+def test_kill_and_resume_restores_every_random_generator(tmp_path):
+    opts = {"ckpt_interval_steps": 2}
+    np.random.seed(0), random.seed(0)  # (make_brain seeds torch)
+    reference = make_brain(tmp_path / "ref", brain_class=NoisyBrain, run_opts=opts)
+    fit(reference)
+    np.random.seed(0), random.seed(0)
+    killed = make_brain(tmp_path / "killed", brain_class=NoisyKillingBrain, run_opts=opts)
+    killed.kill_at = 5
+    with pytest.raises(KilledRun):
+        fit(killed)
+    resumed = make_brain(tmp_path / "killed", brain_class=NoisyBrain, run_opts=opts)
+    fit(resumed)
+    assert resumed.optimizer_step == reference.optimizer_step
+    for key, value in params_of(reference.student).items():
+        assert torch.equal(params_of(resumed.student)[key], value), key
+
+
+class SignalledBrain(ToyBrain):
+    """Sends itself SIGUSR1 (SLURM's warning before the time limit) during the 3rd micro-batch."""
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        self.seen = getattr(self, "seen", 0) + 1
+        if self.seen == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_sigusr1_saves_at_the_end_of_the_step_and_exits_for_a_requeue(tmp_path):
+    opts = {"grad_accumulation_factor": 2}  # micro-batch 3 is inside the 2nd accumulation window
+    reference = make_brain(tmp_path / "ref", run_opts=opts)
+    fit(reference, batch_size=2)
+    brain = make_brain(tmp_path / "run", brain_class=SignalledBrain, run_opts=opts)
+    with pytest.raises(SystemExit) as stopped:
+        fit(brain, batch_size=2)
+    assert stopped.value.code == STOP_EXIT_CODE
+    assert brain.step == 4 and brain.optimizer_step == 2  # finished the window, then saved
+    (ckpt,) = brain.checkpointer.list_checkpoints()
+    assert not ckpt.meta["end-of-epoch"]
+    resumed = make_brain(tmp_path / "run", run_opts=opts)
+    fit(resumed, batch_size=2)
+    assert_same_params(params_of(resumed.student), params_of(reference.student))
+
+
+class NanEvalBrain(ToyBrain):
+    """A model whose outputs are NaN at evaluation."""
+
+    def task_loss(self, outputs, batch, stage):
+        loss = super().task_loss(outputs, batch, stage)
+        return loss * float("nan") if stage != stage.TRAIN else loss
+
+
+def test_nonfinite_valid_and_test_losses_are_reported_as_nan(tmp_path):
+    valid = make_dataset(n_items=8, seed=1)
+    brain = make_brain(tmp_path, brain_class=NanEvalBrain, epochs=1)
+    fit(brain, valid=valid)
+    assert math.isnan(brain.last_stats["loss"])  # SpeechBrain's average skips non-finite batches: 0.0
+    brain.evaluate(valid, test_loader_kwargs={"batch_size": 4})
+    assert math.isnan(brain.last_stats["loss"])
+    assert math.isfinite(brain.train_stats["loss"])
 
 
 # --- distillation effect --------------------------------------------------------------------------

@@ -9,14 +9,8 @@ from speechbrain.utils.checkpoints import Checkpointer
 from toy_task import ToyNet
 
 from cald_brain.distill.guidance import Guidance, GuidanceConfig
-from cald_brain.distill.teachers import (
-    FrozenTeacher,
-    JointTeacher,
-    SnapshotTeacher,
-    list_snapshots,
-    resolve_checkpoint_file,
-    save_snapshot,
-)
+from cald_brain.distill.snapshots import list_snapshots, resolve_checkpoint_file, save_snapshot
+from cald_brain.distill.teachers import FrozenTeacher, JointTeacher, SnapshotTeacher
 
 
 def marked_state(value: float) -> dict[str, torch.Tensor]:

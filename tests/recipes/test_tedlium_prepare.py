@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from conftest import TEDLIUM_SAMPLE as SAMPLE
 from conftest import load_repo_script
 
-from cald_brain.data.audio import audio_pipeline, read_segment
+from cald_brain.data.audio import AudioFileError, audio_pipeline, read_segment
 
 SPLITS = ("train", "dev", "test")
 
@@ -213,8 +214,9 @@ def test_segment_past_end_of_audio(tmp_path):
     data = _copy_sample(tmp_path)
     stm = _set_last_segment_end(data, 99.0)
     line = len(stm.read_text().splitlines()) - 1
-    with pytest.raises(ValueError, match=rf"{re.escape(str(stm))}:{line}: .*ends after the end of"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(stm))}:{line}: .*ends after the end of") as err:
         prepare.prepare_tedlium(data, tmp_path / "out")
+    assert "mixed releases" not in str(err.value) and "does not belong to this audio" in str(err.value)
 
 
 def test_segment_end_rounded_past_audio_is_cut(tmp_path):
@@ -233,4 +235,65 @@ def test_missing_audio_names_file(tmp_path):
     sph = data / "legacy" / "train" / "sph" / "SynthBruno_2011.sph"
     sph.unlink()
     with pytest.raises(FileNotFoundError, match=re.escape(str(sph))):
+        prepare.prepare_tedlium(data, tmp_path / "out")
+
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz' "
+
+
+def _edit_first_kept_segment(data: Path, words: str) -> tuple[Path, int]:
+    """Replace the words of the first speech line of a train talk; return (STM path, line number)."""
+    stm = data / "legacy" / "train" / "stm" / "SynthAlice_2010X.stm"
+    lines = stm.read_text().splitlines()
+    number = next(
+        i for i, line in enumerate(lines) if "inter_segment_gap" not in line and "ignore" not in line
+    )
+    fields = lines[number].split()
+    lines[number] = " ".join(fields[:6] + words.split())
+    stm.write_text("\n".join(lines) + "\n")
+    return stm, number + 1
+
+
+def test_characters_outside_the_alphabet_stop_preparation_naming_them(tmp_path):
+    data = _copy_sample(tmp_path)
+    stm, line = _edit_first_kept_segment(data, "in 2010 the café opened its doors")
+    with pytest.raises(ValueError, match=r"outside the output alphabet") as err:
+        prepare.prepare_tedlium(data, tmp_path / "out", characters=ALPHABET)
+    for char in "'0' x1", "'1' x1", "'2' x1", "'é' x1":
+        assert f"{char} (e.g. {stm}:{line})" in str(err.value)
+    assert not (tmp_path / "out" / "tedlium_prepare.json").exists()
+
+
+def test_unknown_characters_drop_and_map(tmp_path, caplog):
+    data = _copy_sample(tmp_path)
+    stm, line = _edit_first_kept_segment(data, "the café and the naïve cat")
+    caplog.set_level(logging.INFO)
+    prepare.prepare_tedlium(data, tmp_path / "drop", characters=ALPHABET, unknown_characters="drop")
+    assert not any("caf" in row["wrd"] for row in _read_csv(tmp_path / "drop" / "train.csv"))
+    assert f"1 segments left out for characters outside the output alphabet: 'é' x1 (e.g. {stm}:{line})" in (
+        caplog.text
+    )
+    prepare.prepare_tedlium(data, tmp_path / "map", characters=ALPHABET, unknown_characters="map")
+    assert "the cafe and the naive cat" in [row["wrd"] for row in _read_csv(tmp_path / "map" / "train.csv")]
+    assert f"'é'->'e' x1 (e.g. {stm}:{line})" in caplog.text and "'ï'->'i' x1" in caplog.text
+
+
+def _truncate(path: Path, keep_bytes: int) -> None:
+    data = path.read_bytes()[:keep_bytes]
+    path.unlink()  # a symlink in the copy: replace it by the cut file
+    path.write_bytes(data)
+
+
+def test_truncated_audio_is_named_at_preparation_and_after_it(tmp_path):
+    data = _copy_sample(tmp_path)
+    prepare.prepare_tedlium(data, tmp_path / "out")
+    sph = data / "legacy" / "test" / "sph" / "SynthIris_2012.sph"
+    _truncate(sph, 1024 + 2 * 16000)  # header + 1 s
+    last = _read_csv(tmp_path / "out" / "test.csv")[-1]
+    with pytest.raises(AudioFileError, match=rf"{re.escape(str(sph))} is truncated: its header announces"):
+        read_segment(sph, float(last["start"]), float(last["stop"]))  # what training hits
+    # ... and preparing again does not skip as "up to date": it checks the file and names it
+    with pytest.raises(
+        AudioFileError, match=rf"{re.escape(str(sph))} is truncated: .* only 16000 \(1.00 s\)"
+    ):
         prepare.prepare_tedlium(data, tmp_path / "out")

@@ -1,0 +1,242 @@
+"""Run control shared by every recipe: one live run per output folder, a clean stop on SIGUSR1 (SLURM's
+warning before the time limit or a preemption), and run options checked against the types SpeechBrain
+declares (its command line leaves some of them as strings).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from speechbrain.utils.run_opts import RunOptions
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "run.lock"
+STOP_SIGNAL = signal.SIGUSR1
+STOP_EXIT_CODE = 85  # a run stopped on STOP_SIGNAL after saving a checkpoint; the SLURM template requeues it
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One run per output folder
+# ----------------------------------------------------------------------------------------------------------
+
+
+class FolderInUseError(RuntimeError):
+    """Another live run holds the output folder."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` (Linux /proc; None elsewhere or if it does not exist): tells a live
+    holder from a new process that reused its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return start is None or _process_start(pid) in (None, start)
+
+
+class RunLock:
+    """`<folder>/run.lock`, created exclusively and holding who runs there (pid, host, start time, SLURM job).
+
+    A lock is stale, and taken over with a warning, when its holder is gone: on this host its process no
+    longer exists (or the pid was reused, or it is this very process after a restart in a container); from
+    another host it belongs to an earlier try of this same SLURM job (requeue), or its heartbeat (the holder
+    touches the file every `heartbeat_s`) is older than `stale_after_s`. Otherwise the run is refused naming
+    the holder. Released on normal exit; a killed holder leaves a stale lock, which the next run takes over.
+    """
+
+    def __init__(self, folder: str | Path, stale_after_s: float = 600.0, heartbeat_s: float = 60.0):
+        self.path = Path(folder) / LOCK_NAME
+        self.stale_after_s, self.heartbeat_s = stale_after_s, heartbeat_s
+        self.info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start": _process_start(os.getpid()),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart": os.environ.get("SLURM_RESTART_COUNT", "0"),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        self._stop = threading.Event()
+        self._held = False
+
+    def describe(self, info: dict[str, Any]) -> str:
+        job = f", SLURM job {info['slurm_job']}" if info.get("slurm_job") else ""
+        return f"process {info.get('pid')} on {info.get('host')}{job}, since {info.get('since')}"
+
+    def stale_reason(self, info: dict[str, Any]) -> str | None:
+        """Why the lock described by `info` no longer belongs to a live run, or None if it may."""
+        if info.get("host") == self.info["host"]:
+            if info.get("pid") == self.info["pid"]:
+                return "its pid is this process's (restarted in a fresh container?)"
+            if not _alive(int(info.get("pid", -1)), info.get("start")):
+                return "its process no longer exists"
+            return None
+        if info.get("slurm_job") and info.get("slurm_job") == self.info["slurm_job"]:
+            if info.get("slurm_restart") != self.info["slurm_restart"]:
+                return "it was taken by an earlier try of this requeued SLURM job"
+        age = time.time() - self.path.stat().st_mtime
+        if age > self.stale_after_s:
+            return f"its holder has not refreshed it for {age:.0f} s"
+        return None
+
+    def acquire(self) -> None:
+        """Take the lock (taking over a stale one) or raise FolderInUseError naming the holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # a stale lock removed by us may be re-taken by a racing run
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    holder = {}  # half-written by a holder killed while taking it
+                reason = self.stale_reason(holder) if holder else "it is empty or unreadable"
+                if reason is None:
+                    raise FolderInUseError(
+                        f"{self.path.parent} is in use by another run ({self.describe(holder)}): two runs "
+                        "on one output folder overwrite each other's checkpoints. Wait for it to finish, "
+                        "stop it, or choose another --output_folder. If that run is certainly dead, delete "
+                        f"{self.path}."
+                    ) from None
+                logger.warning(f"Taking over the lock {self.path} of {self.describe(holder)}: {reason}")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.info, handle)
+            self._held = True
+            atexit.register(self.release)
+            threading.Thread(target=self._heartbeat, name="run-lock-heartbeat", daemon=True).start()
+            return
+        raise FolderInUseError(f"could not take {self.path}: other runs keep taking it")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        """Remove the lock if this run still holds it."""
+        if not self._held:
+            return
+        self._stop.set()
+        self._held = False
+        try:
+            if json.loads(self.path.read_text()) == self.info:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stop on SIGUSR1
+# ----------------------------------------------------------------------------------------------------------
+
+
+class StopRequest:
+    """Set when STOP_SIGNAL arrives; the Brain checks it at the end of each optimizer step, saves a checkpoint
+    and exits with STOP_EXIT_CODE (so a batch script can requeue the job)."""
+
+    requested = False
+    installed = False
+
+    @classmethod
+    def _handle(cls, signum: int, frame: types.FrameType | None) -> None:
+        del frame
+        cls.requested = True
+        logger.warning(
+            f"Received {signal.Signals(signum).name}: saving a checkpoint at the end of this optimizer step, "
+            "then stopping"
+        )
+
+    @classmethod
+    def install(cls) -> None:
+        """Handle STOP_SIGNAL from now on (main thread only; idempotent)."""
+        if not cls.installed and threading.current_thread() is threading.main_thread():
+            signal.signal(STOP_SIGNAL, cls._handle)
+            cls.installed = True
+
+
+class StoppedOnSignal(SystemExit):
+    """Raised after the checkpoint following a stop request: the process exits with STOP_EXIT_CODE."""
+
+    def __init__(self, checkpoint: str) -> None:
+        logger.warning(
+            f"Stopped on {STOP_SIGNAL.name} after saving {checkpoint}; run the same command again to resume"
+        )
+        super().__init__(STOP_EXIT_CODE)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Typed run options
+# ----------------------------------------------------------------------------------------------------------
+
+
+def scalar_type(annotation: Any) -> type | tuple | None:
+    """int / float / str / bool, or a tuple of Literal choices, for a RunOptions field; None otherwise."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return scalar_type(args[0]) if len(args) == 1 else None
+    return annotation if annotation in (int, float, str, bool) else None
+
+
+RUN_OPTION_TYPES = {
+    f.name: kind
+    for f in dataclasses.fields(RunOptions)
+    if (kind := scalar_type(typing.get_type_hints(RunOptions)[f.name])) is not None
+}
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def coerce(key: str, value: Any, kind: type | tuple) -> Any:
+    """`value` as `kind` (a string from the command line is converted); TypeError naming `key` otherwise."""
+    if value is None:
+        return None
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise TypeError(f"{key} must be one of {', '.join(map(str, kind))}, got {value!r}")
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise TypeError(f"{key} must be {TYPE_NAMES[kind]}, got {value!r}")
+
+
+def check_run_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The SpeechBrain run options in `options` converted to their declared types (e.g.
+    `optimizer_step_limit`, a string when given on the command line); TypeError naming the first bad one."""
+    return {
+        key: coerce(key, value, RUN_OPTION_TYPES[key])
+        for key, value in options.items()
+        if key in RUN_OPTION_TYPES
+    }
