@@ -6,6 +6,8 @@ table-driven recipe smoke runs and the hparams agreement check), tools/ (the scr
 modules import these names with `from conftest import ...` (pytest puts this folder on sys.path).
 """
 
+import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -37,3 +39,40 @@ TINY_AUDIO_CONFIG = dict(
     layerdrop=0.0,
     mask_time_prob=0.0,
 )
+
+# wav2vec2's two layer-norm layouts: base (post-LN, group-norm feature encoder), large-lv60 (stable, pre-LN).
+LAYOUTS = {
+    "base": dict(feat_extract_norm="group", do_stable_layer_norm=False),  # wav2vec2-base
+    "stable": dict(feat_extract_norm="layer", do_stable_layer_norm=True),  # wav2vec2-large-lv60
+}
+
+
+def tiny_audio_checkpoint(folder: Path, layout: str, layerdrop: float, **config) -> str:
+    """A tiny Wav2Vec2 checkpoint (TINY_AUDIO_CONFIG, updated with `config`) in `layout` with `layerdrop`,
+    saved with its feature extractor into `folder` as a hub checkpoint is; returns the folder."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    settings = {**TINY_AUDIO_CONFIG, **config, "layerdrop": layerdrop, **LAYOUTS[layout]}
+    Wav2Vec2Model(Wav2Vec2Config(**settings)).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
+    return str(folder)
+
+
+def offline_hub_cache(hf_home: Path, repo: str, folder: Path) -> None:
+    """`folder`'s files laid out as huggingface_hub's cache under `hf_home` holds a downloaded `repo`."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, repo_dir / "snapshots" / revision)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(revision)
+
+
+def offline_hub_env(hf_home: Path) -> dict[str, str]:
+    """The environment of a process that resolves hub names from the cache under `hf_home` only, offline
+    (huggingface_hub reads these at import: use it for a fresh process)."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    for other in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
+        env.pop(other, None)  # they would take precedence over HF_HOME
+    return env

@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""TED-LIUM 3 ASR with CALD: a CTC character recogniser on a Wav2Vec2 encoder, either the transformer itself
-(the teacher run, hparams/wav2vec2_ctc.yaml) or its BiMamba2 conversion guided by a teacher
-(hparams/bimamba2_*.yaml).
+"""TED-LIUM 3 ASR with CALD: a CTC recogniser (characters, or SentencePiece BPE pieces) on a Wav2Vec2
+encoder, either the transformer itself (the teacher run, hparams/wav2vec2_ctc.yaml) or its BiMamba2
+conversion guided by a teacher (hparams/bimamba2_*.yaml).
 
     python recipes/TEDLIUM/train.py hparams/bimamba2_trajectory.yaml --data_folder=/path/TEDLIUM_release-3
 
 Everything CALD-specific (teacher, guidance, distillation, checkpointing) lives in cald_brain.CALDBrain; this
-file only holds the task: audio segments, characters, CTC, greedy decoding, WER/CER.
+file only holds the task: audio segments, output units, dynamic training batches, CTC, greedy decoding,
+WER/CER.
 """
 
+import csv
 import json
 import os
 
 import speechbrain as sb
 import torch
+from speechbrain.tokenizers.SentencePiece import SentencePiece
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from cald_brain.brain import CALDBrain, ModelOutputs
@@ -40,7 +43,7 @@ class ASR(CALDBrain):
     def update_metrics(self, outputs: ModelOutputs, batch, stage) -> None:
         frame_lens = outputs.mask.sum(dim=1) / outputs.mask.shape[1]
         hyps = sb.decoders.ctc_greedy_decode(outputs.logits, frame_lens, blank_id=self.hparams.blank_index)
-        predicted = ["".join(self.label_encoder.decode_ndim(h)).split() for h in hyps]
+        predicted = [self.units.decode(h).split() for h in hyps]
         targets = [wrd.split() for wrd in batch.wrd]
         self.wer_metric.append(batch.id, predicted, targets)
         self.cer_metric.append(batch.id, predicted, targets)
@@ -79,12 +82,113 @@ class ASR(CALDBrain):
                     json.dump({"WER": stage_stats["WER"], "CER": stage_stats["CER"]}, w)
 
 
-def dataio_prepare(hparams: dict, label_encoder: sb.dataio.encoder.CTCTextEncoder) -> dict:
-    """Train/dev/test DynamicItemDatasets reading audio segments by time and characters of `wrd`."""
-    if hparams["sorting"] not in ("ascending", "descending", "random"):
-        raise RecipeError(f"sorting must be ascending, descending or random, got {hparams['sorting']!r}")
-    if hparams["sorting"] != "random":
-        hparams["train_dataloader_opts"]["shuffle"] = False
+class CharUnits:
+    """Characters as CTC units: a CTCTextEncoder over the YAML's `characters` (fixed, so the head size is
+    known before any data is read), saved as <save_folder>/label_encoder.txt."""
+
+    def __init__(self, hparams: dict) -> None:
+        self.encoder = sb.dataio.encoder.CTCTextEncoder()
+        self.encoder.load_or_create(
+            path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
+            from_iterables=[list(hparams["characters"])],
+            special_labels={"blank_label": hparams["blank_index"]},
+            sequence_input=False,
+        )
+        self.encoder.expect_len(hparams["output_neurons"])  # checked by build_units with a clearer message
+        self.size = len(self.encoder)
+        self.what = "the character set has"
+
+    def encode(self, utt_id: str, wrd: str) -> list[int]:
+        unknown = sorted(set(wrd) - set(self.encoder.lab2ind))
+        if unknown:
+            raise ValueError(
+                f"utterance {utt_id}: character(s) {unknown} of {wrd!r} are not in `characters` (label "
+                "encoder): add them to `characters` (and output_neurons), or prepare again with "
+                "unknown_characters: drop or map"
+            )
+        return self.encoder.encode_sequence(list(wrd))
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.encoder.decode_ndim(ids))
+
+
+class PieceUnits:
+    """SentencePiece BPE pieces as CTC units (SpeechBrain's tokenizer) with `output_neurons` pieces, trained
+    on the train split's transcripts plus one line holding every character of `characters` (so each character
+    has a piece even if only dev/test use it), saved in <save_folder>/tokenizer/ and reused from there on
+    resume (delete that folder to train it again). Id 0 is the tokenizer's unknown piece and the CTC blank:
+    no target may contain it."""
+
+    def __init__(self, hparams: dict) -> None:
+        if hparams["blank_index"] != 0:
+            raise RecipeError(
+                "units: bpe needs blank_index: 0 (the tokenizer's unknown-piece id), "
+                f"got {hparams['blank_index']}"
+            )
+        folder = os.path.join(hparams["save_folder"], "tokenizer")
+        text_file = os.path.join(folder, "train.txt")
+        run_on_main(
+            write_tokenizer_text,
+            args=[os.path.join(hparams["save_folder"], "train.csv"), hparams["characters"], text_file],
+        )
+        self.tokenizer = SentencePiece(
+            model_dir=folder,
+            vocab_size=hparams["output_neurons"],
+            text_file=text_file,
+            model_type="bpe",
+            character_coverage=1.0,
+        )
+        self.size = self.tokenizer.sp.vocab_size()
+        self.what = "the BPE tokenizer has"
+
+    def encode(self, utt_id: str, wrd: str) -> list[int]:
+        sp = self.tokenizer.sp
+        ids = sp.encode_as_ids(wrd)
+        if sp.unk_id() in ids:
+            unknown = sorted({c for c in wrd if not c.isspace() and sp.piece_to_id(c) == sp.unk_id()})
+            raise ValueError(
+                f"utterance {utt_id}: character(s) {unknown} of {wrd!r} are not in the BPE tokenizer: add "
+                "them to `characters` and delete <save_folder>/tokenizer to train it again, or prepare again "
+                "with unknown_characters: drop or map"
+            )
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.sp.decode_ids([int(i) for i in ids])
+
+
+def write_tokenizer_text(train_csv: str, characters: str, text_file: str) -> None:
+    """The tokenizer's training text (unless it exists): the `wrd` column of `train_csv`, then `characters`
+    one by one on a last line."""
+    if os.path.isfile(text_file):
+        return
+    os.makedirs(os.path.dirname(text_file), exist_ok=True)
+    with open(train_csv, encoding="utf-8") as f:
+        lines = [row["wrd"] for row in csv.DictReader(f)]
+    lines.append(" ".join(c for c in characters if not c.isspace()))
+    with open(text_file, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+UNITS = {"char": CharUnits, "bpe": PieceUnits}
+
+
+def build_units(hparams: dict) -> CharUnits | PieceUnits:
+    """The CTC output units named by `units`; their number must be the head's `output_neurons`."""
+    if hparams["units"] not in UNITS:
+        raise RecipeError(f"units must be one of {', '.join(UNITS)}, got {hparams['units']!r}")
+    units = UNITS[hparams["units"]](hparams)
+    if units.size != hparams["output_neurons"]:
+        raise RecipeError(
+            f"output_neurons is {hparams['output_neurons']} but {units.what} {units.size} units "
+            f"(blank included): set --output_neurons={units.size}"
+        )
+    return units
+
+
+def dataio_prepare(hparams: dict, units: CharUnits | PieceUnits) -> dict:
+    """Train/dev/test DynamicItemDatasets reading audio segments by time and the units of `wrd`. The train set
+    keeps every segment unless `avoid_if_longer_than` (seconds) is set; dev/test are sorted by duration."""
     datasets = {}
     for split in ("train", "dev", "test"):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(
@@ -92,10 +196,9 @@ def dataio_prepare(hparams: dict, label_encoder: sb.dataio.encoder.CTCTextEncode
             replacements={"data_root": hparams["data_folder"]},
         )
         if split == "train":
-            datasets[split] = data.filtered_sorted(
-                sort_key=None if hparams["sorting"] == "random" else "duration",
-                reverse=hparams["sorting"] == "descending",
-                key_max_value={"duration": hparams["avoid_if_longer_than"]},
+            longest = hparams["avoid_if_longer_than"]
+            datasets[split] = (
+                data if longest is None else data.filtered_sorted(key_max_value={"duration": longest})
             )
         else:
             datasets[split] = data.filtered_sorted(sort_key="duration")
@@ -103,31 +206,28 @@ def dataio_prepare(hparams: dict, label_encoder: sb.dataio.encoder.CTCTextEncode
     items = list(datasets.values())
     sb.dataio.dataset.add_dynamic_item(items, audio_pipeline(hparams["sample_rate"]))
 
-    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.takes("id", "wrd")
     @sb.utils.data_pipeline.provides("tokens")
-    def text_pipeline(wrd: str):
-        return label_encoder.encode_sequence_torch(list(wrd))
+    def text_pipeline(utt_id: str, wrd: str):
+        return torch.LongTensor(units.encode(utt_id, wrd))
 
     sb.dataio.dataset.add_dynamic_item(items, text_pipeline)
     sb.dataio.dataset.set_output_keys(items, ["id", "sig", "wrd", "tokens"])
     return datasets
 
 
-def build_label_encoder(hparams: dict) -> sb.dataio.encoder.CTCTextEncoder:
-    """Characters from the YAML's `characters` (fixed, so the head size is known before any data is read)."""
-    label_encoder = sb.dataio.encoder.CTCTextEncoder()
-    label_encoder.load_or_create(
-        path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
-        from_iterables=[list(hparams["characters"])],
-        special_labels={"blank_label": hparams["blank_index"]},
-        sequence_input=False,
-    )
-    if len(label_encoder) != hparams["output_neurons"]:
+def train_loader_kwargs(hparams: dict, train_set) -> dict:
+    """`train_dataloader_opts` plus the batch sampler `train_sampler` builds over the train set (the
+    reference's dynamic batches); batch_size / shuffle / sampler there would conflict with it."""
+    opts = dict(hparams["train_dataloader_opts"])
+    clashing = sorted({"batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"} & set(opts))
+    if clashing:
         raise RecipeError(
-            f"output_neurons is {hparams['output_neurons']} but the character set has "
-            f"{len(label_encoder)} labels (blank included): set --output_neurons={len(label_encoder)}"
+            f"train_dataloader_opts sets {', '.join(clashing)}, but the training batches come from "
+            "train_sampler: remove them and size the batches with batch_size, batch_max_samples and "
+            "grad_accumulation_factor (top-level keys)"
         )
-    return label_encoder
+    return {**opts, "batch_sampler": hparams["train_sampler"](train_set)}
 
 
 def main() -> None:
@@ -143,8 +243,8 @@ def main() -> None:
             "unknown_characters": hparams["unknown_characters"],
         },
     )
-    label_encoder = build_label_encoder(hparams)
-    datasets = dataio_prepare(hparams, label_encoder)
+    units = build_units(hparams)
+    datasets = dataio_prepare(hparams, units)
 
     asr = ASR(
         modules=hparams["modules"],
@@ -152,12 +252,12 @@ def main() -> None:
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    asr.label_encoder = label_encoder
+    asr.units = units
     asr.fit(
         asr.hparams.epoch_counter,
         datasets["train"],
         datasets["dev"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
+        train_loader_kwargs=train_loader_kwargs(hparams, datasets["train"]),
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     asr.evaluate(datasets["test"], min_key="WER", test_loader_kwargs=hparams["test_dataloader_opts"])

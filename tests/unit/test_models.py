@@ -3,8 +3,6 @@ from hub names in an offline Hugging Face cache; pooling; config overrides; clea
 hidden state is paired at each index (both wav2vec2 layer-norm layouts) and LayerDrop that keeps them all."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_AUDIO_CONFIG, TINY_WAV2VEC2
+from conftest import (
+    LAYOUTS,
+    TINY_AUDIO_CONFIG,
+    TINY_WAV2VEC2,
+    offline_hub_cache,
+    offline_hub_env,
+    tiny_audio_checkpoint,
+)
 from hyperpyyaml import load_hyperpyyaml
 from transformers import (
     BertConfig,
@@ -20,9 +25,6 @@ from transformers import (
     BertTokenizer,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
-    Wav2Vec2Config,
-    Wav2Vec2FeatureExtractor,
-    Wav2Vec2Model,
 )
 
 from cald_brain.brain import ModelOutputs
@@ -116,19 +118,10 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     assert resolve_source("facebook/wav2vec2-base") == "facebook/wav2vec2-base"  # a hub name
 
 
-def _offline_hub_cache(hf_home: Path, repo: str, folder: Path) -> None:
-    """`folder`'s files laid out as huggingface_hub's cache holds a downloaded repository."""
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo_dir = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
-    shutil.copytree(folder, repo_dir / "snapshots" / revision)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(revision)
-
-
 def test_hub_name_loads_from_offline_cache(tmp_path):
     """Teacher and student by hub name, HF_HUB_OFFLINE=1 (huggingface_hub reads HF_HOME at import, so in a
     fresh process); a name missing from the cache fails naming it."""
-    _offline_hub_cache(tmp_path / "hf", "cald-test/tiny-wav2vec2", TINY_WAV2VEC2)
+    offline_hub_cache(tmp_path / "hf", "cald-test/tiny-wav2vec2", TINY_WAV2VEC2)
     script = textwrap.dedent(
         f"""
         import torch
@@ -144,10 +137,9 @@ def test_hub_name_loads_from_offline_cache(tmp_path):
             print("missing:", err)
         """
     )
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    for other in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
-        env.pop(other, None)  # they would take precedence over HF_HOME
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=offline_hub_env(tmp_path / "hf"), capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[:2] == ["None 4", "bimamba2 4"]
@@ -224,18 +216,6 @@ def test_causal_lm_teacher_and_student(tmp_path):
 
 
 AUDIO = {**TINY_AUDIO_CONFIG, "num_hidden_layers": 3}
-LAYOUTS = {
-    "base": dict(feat_extract_norm="group", do_stable_layer_norm=False),
-    "stable": dict(feat_extract_norm="layer", do_stable_layer_norm=True),  # wav2vec2-large-lv60
-}
-
-
-def tiny_audio_checkpoint(folder: Path, layout: str, layerdrop: float) -> str:
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(**{**AUDIO, "layerdrop": layerdrop}, **LAYOUTS[layout])
-    Wav2Vec2Model(config).save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
-    return str(folder)
 
 
 def layer_io(encoder: SpeechEncoder) -> list:
@@ -251,7 +231,7 @@ def layer_io(encoder: SpeechEncoder) -> list:
 def test_paired_hidden_states_per_index(layout, mixer, tmp_path):
     """Index 0: input of layer 0; index i: output of layer i; the last one: the encoder output (after the
     final LayerNorm in the stable layout, as the reference)."""
-    source = tiny_audio_checkpoint(tmp_path, layout, layerdrop=0.1)
+    source = tiny_audio_checkpoint(tmp_path, layout, 0.1, num_hidden_layers=AUDIO["num_hidden_layers"])
     encoder = SpeechEncoder(source, mixer, MIXER if mixer else None).eval()
     records = layer_io(encoder)
     feats, hidden, _ = encoder(torch.randn(2, 4000), torch.tensor([1.0, 0.7]))
@@ -271,7 +251,7 @@ def test_paired_hidden_states_per_index(layout, mixer, tmp_path):
 def test_layerdrop_keeps_every_hidden_state_for_teacher_and_student(layout, tmp_path):
     """With the checkpoint's layerdrop active in training, teacher and student always return N + 1 states;
     a skipped layer's slot holds its input. (transformers 5's own LayerDrop would return fewer.)"""
-    source = tiny_audio_checkpoint(tmp_path, layout, layerdrop=0.1)
+    source = tiny_audio_checkpoint(tmp_path, layout, 0.1, num_hidden_layers=AUDIO["num_hidden_layers"])
     teacher = SpeechEncoder(source).train()
     student = SpeechEncoder(source, "bimamba2", MIXER).train()
     assert teacher.layerdrop == student.layerdrop == 0.1
