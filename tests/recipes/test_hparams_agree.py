@@ -20,6 +20,11 @@ VARYING = {  # recipe folder (relative to the repository root) -> keys its hpara
         "student",  # the transformer (teacher run) vs. its BiMamba2 conversion
         "guidance_mode",  # one mode per file
         "student_init",  # target (documented choice) vs. hybrid
+        "batch_size",  # the reference's micro-batches: distillation runs vs. teacher / unguided runs
+        "batch_max_samples",
+        "batch_max_quad_samples",
+        "grad_accumulation_factor",
+        "residual_inside",  # the reference's unguided BiMamba2 adds its input, the guided ones do not
     },
 }
 RECIPE_TREES = ("recipes", "nlp", "lm")  # where recipe folders live

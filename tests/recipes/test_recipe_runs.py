@@ -6,6 +6,10 @@ not a test file.
 
 A row may use another row's output folder (e.g. a teacher run's checkpoints and waypoint snapshots) by
 naming it in `needs`; `{out:<row id>}` in its overrides is replaced by that folder.
+
+Every run resolves hub names offline from a Hugging Face cache built here (HUB_MODELS): the TED-LIUM rows
+use the YAML's own `pretrained_source`, facebook/wav2vec2-base, as a GPU user does, here a tiny model with the
+real checkpoint's LayerDrop 0.1 and layer-norm layout (one row uses large-lv60's stable layout).
 """
 
 import re
@@ -15,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLES
+from conftest import (
+    ROOT,
+    SAMPLES,
+    TEDLIUM_SAMPLE_OVERRIDES,
+    offline_hub_cache,
+    offline_hub_env,
+    tiny_audio_checkpoint,
+)
 
 
 @dataclass(frozen=True)
@@ -32,11 +43,12 @@ class Run:
 
 # Arguments every run of a recipe gets: the committed sample data and tiny model, small batches.
 RECIPES = {
-    "recipes/TEDLIUM": (
-        f"--data_folder={SAMPLES / 'TEDLIUM_release-3'}",
-        f"--pretrained_source={SAMPLES / 'models' / 'tiny-wav2vec2'}",
-        "--batch_size=2",
-    ),
+    "recipes/TEDLIUM": (f"--data_folder={SAMPLES / 'TEDLIUM_release-3'}", *TEDLIUM_SAMPLE_OVERRIDES),
+}
+# Hub name -> (layer-norm layout, LayerDrop) of the tiny stand-in in the offline cache.
+HUB_MODELS = {
+    "facebook/wav2vec2-base": ("base", 0.1),
+    "facebook/wav2vec2-large-lv60": ("stable", 0.1),
 }
 TINY_BIMAMBA2 = ("--headdim=32", "--d_state=16")
 TEDLIUM_TEACHER = "--teacher_path={out:tedlium-teacher}/save"
@@ -71,10 +83,22 @@ RUNS = {
         (*TINY_BIMAMBA2, TEDLIUM_TEACHER, "--distill_until_step=1"),
         needs=("tedlium-teacher",),
     ),
+    "tedlium-lv60-trajectory": Run(  # teacher and student in the stable layout
+        "recipes/TEDLIUM",
+        "bimamba2_trajectory.yaml",
+        (*TINY_BIMAMBA2, "--pretrained_source=facebook/wav2vec2-large-lv60"),
+        resume=False,
+    ),
+    "tedlium-bpe": Run(  # SentencePiece BPE units, trained on the sample's train split, reused on resume
+        "recipes/TEDLIUM",
+        "wav2vec2_ctc.yaml",
+        ("--units=bpe", "--output_neurons=40"),
+        listings=(("save/tokenizer/*", ("40_bpe.model", "40_bpe.vocab", "train.txt")),),
+    ),
 }
 
 
-def launch(run: Run, out: Path, epochs: int, outputs: dict[str, Path]) -> None:
+def launch(run: Run, out: Path, epochs: int, outputs: dict[str, Path], env: dict[str, str]) -> None:
     """One debug invocation (2 training batches per epoch) of `run` into `out`."""
     recipe_dir = ROOT / run.recipe
     overrides = [re.sub(r"\{out:([\w-]+)\}", lambda m: str(outputs[m.group(1)]), o) for o in run.overrides]
@@ -92,7 +116,7 @@ def launch(run: Run, out: Path, epochs: int, outputs: dict[str, Path]) -> None:
         *overrides,
     ]
     proc = subprocess.run(
-        cmd, cwd=recipe_dir if run.from_recipe_folder else ROOT, capture_output=True, text=True
+        cmd, cwd=recipe_dir if run.from_recipe_folder else ROOT, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
@@ -104,7 +128,17 @@ def train_epochs(out: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def first_epoch(tmp_path_factory):
+def hub_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of every run: HUB_MODELS in an offline Hugging Face cache, nothing else."""
+    hf_home = tmp_path_factory.mktemp("hf")
+    for name, (layout, layerdrop) in HUB_MODELS.items():
+        folder = tiny_audio_checkpoint(tmp_path_factory.mktemp("model") / "m", layout, layerdrop)
+        offline_hub_cache(hf_home, name, Path(folder))
+    return offline_hub_env(hf_home)
+
+
+@pytest.fixture(scope="module")
+def first_epoch(tmp_path_factory, hub_env):
     """Runs a row's first epoch once per test session (rows needed by others are shared)."""
     done: dict[str, Path] = {}
 
@@ -114,11 +148,11 @@ def first_epoch(tmp_path_factory):
             for needed in run.needs:
                 get(needed)
             out = tmp_path_factory.mktemp("recipe-runs") / row
-            launch(run, out, 1, done)
+            launch(run, out, 1, done, hub_env)
             done[row] = out
         return done[row]
 
-    get.outputs = done
+    get.outputs, get.env = done, hub_env
     return get
 
 
@@ -133,5 +167,5 @@ def test_recipe_run(row, first_epoch):
     for pattern, names in run.listings:
         assert sorted(p.name for p in out.glob(pattern)) == sorted(names), pattern
     if run.resume:
-        launch(run, out, 2, first_epoch.outputs)
+        launch(run, out, 2, first_epoch.outputs, first_epoch.env)
         assert train_epochs(out) == [1, 2]

@@ -1,6 +1,8 @@
 """Crash safety of a real recipe run (TED-LIUM sample, tiny model, CPU): a run SIGKILLed mid-epoch and started
 again with the same command ends with exactly the parameters of an uninterrupted run, random number
-generators included (dropout, SpecAugment-style masking); a second run on a live run's folder is refused."""
+generators included (dropout, SpecAugment-style masking), with the recipe's own schedule machinery:
+dynamic batches (DurationBatchSampler position), gradient accumulation and the warm-up + decay LR schedulers
+of student and joint teacher; a second run on a live run's folder is refused."""
 
 import os
 import signal
@@ -9,7 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import ROOT, TEDLIUM_SAMPLE, TINY_WAV2VEC2
+from conftest import ROOT, TEDLIUM_SAMPLE, TEDLIUM_SAMPLE_OVERRIDES, TINY_WAV2VEC2
 
 TRAIN = ROOT / "recipes" / "TEDLIUM" / "train.py"
 KILLER = Path(__file__).with_name("kill_after_step.py")
@@ -18,22 +20,27 @@ TINY_MODEL = TINY_WAV2VEC2
 
 
 def recipe_args(out: Path, *extra: str, ckpt_steps: int = 2) -> list[str]:
-    """The trajectory recipe on the sample: 1 epoch of 10 steps, a checkpoint every `ckpt_steps`, no
-    workers."""
+    """The trajectory recipe on the sample: 1 epoch of 10 micro-batches of 2 utterances, 2 per optimizer step,
+    the learning rates changing at every step (warm-up 2, decay 3), a checkpoint every `ckpt_steps`
+    micro-batches (at the end of a window), no workers."""
     return [
         str(TRAIN),
         "hparams/bimamba2_trajectory.yaml",
         f"--data_folder={SAMPLE}",
         f"--pretrained_source={TINY_MODEL}",
         f"--output_folder={out}",
-        "--batch_size=2",
+        *TEDLIUM_SAMPLE_OVERRIDES,
+        "--grad_accumulation_factor=2",  # (the last of a repeated option wins)
+        "--warmup_steps=2",
+        "--decay_steps=3",
+        "--final_lr_ratio=0.1",
         "--device=cpu",
         "--headdim=32",
         "--d_state=16",
         "--number_of_epochs=1",
         "--ckpt_interval_minutes=0",
         f"--ckpt_interval_steps={ckpt_steps}",
-        "--train_dataloader_opts={batch_size: 2, num_workers: 0}",
+        "--train_dataloader_opts={num_workers: 0}",
         "--noprogressbar",
         *extra,
     ]
@@ -75,7 +82,8 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
     out = tmp_path / "killed"
     reference, killed = run_together(
         recipe_args(tmp_path / "ref"),
-        [str(KILLER), "5", *recipe_args(out)],  # checkpoints after steps 2 and 4, killed after step 5
+        # checkpoints after optimizer steps 1 and 2, killed after step 3 (micro-batches 5-6 are redone)
+        [str(KILLER), "3", *recipe_args(out)],
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
