@@ -1,0 +1,62 @@
+"""TED-LIUM output units (recipes/TEDLIUM/train.py): characters and SentencePiece BPE pieces encode and
+decode transcripts, the BPE model is trained once into the save folder and reused, the head size is checked,
+and a transcript character the units do not know stops training naming the utterance."""
+
+import csv
+
+import pytest
+from conftest import load_repo_script
+
+train = load_repo_script("recipes/TEDLIUM/train.py", "tedlium_train_units")
+CHARACTERS = "abcdefghijklmnopqrstuvwxyz' "
+TRANSCRIPTS = ["the cat sat on the mat", "a dog's dinner", "the mat was flat", "what a cat"] * 5
+
+
+def hparams(save_folder, units: str, output_neurons: int) -> dict:
+    return {
+        "save_folder": str(save_folder),
+        "units": units,
+        "characters": CHARACTERS,
+        "blank_index": 0,
+        "output_neurons": output_neurons,
+    }
+
+
+def write_train_csv(folder, transcripts: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ID", "duration", "wrd"])
+        writer.writerows([f"utt{i}", 1.0, text] for i, text in enumerate(transcripts))
+
+
+def test_characters_round_trip_and_unknown_character_names_the_utterance(tmp_path):
+    units = train.build_units(hparams(tmp_path, "char", 29))
+    ids = units.encode("utt1", "a dog's dinner")
+    assert 0 not in ids and units.decode(ids) == "a dog's dinner"
+    with pytest.raises(ValueError, match=r"utterance talk-0001: character\(s\) \['é'\]"):
+        units.encode("talk-0001", "café")
+    with pytest.raises(SystemExit, match="output_neurons is 30 but the character set has 29"):
+        train.build_units(hparams(tmp_path, "char", 30))
+
+
+def test_bpe_trained_on_the_train_split_saved_and_reused(tmp_path):
+    write_train_csv(tmp_path, TRANSCRIPTS)
+    units = train.build_units(hparams(tmp_path, "bpe", 40))
+    model = tmp_path / "tokenizer" / "40_bpe.model"
+    assert model.exists()
+    ids = units.encode("utt1", "the cat sat on the mat")
+    assert 0 not in ids and len(ids) < len("the cat sat on the mat")  # pieces, not characters
+    assert units.decode(ids) == "the cat sat on the mat"
+    # 'z' is in no train transcript but in `characters`: it still has a piece, so dev/test can use it.
+    assert 0 not in units.encode("dev1", "zoo")
+    with pytest.raises(ValueError, match=r"utterance dev2: character\(s\) \['é'\]"):
+        units.encode("dev2", "café")
+    stamp = model.stat().st_mtime_ns
+    write_train_csv(tmp_path, ["something else entirely"] * 20)  # a resumed run does not retrain
+    again = train.build_units(hparams(tmp_path, "bpe", 40))
+    assert model.stat().st_mtime_ns == stamp and again.encode("utt1", "the cat") == units.encode(
+        "u", "the cat"
+    )
+    with pytest.raises(SystemExit, match="units must be one of char, bpe"):
+        train.build_units(hparams(tmp_path, "words", 40))
