@@ -89,11 +89,12 @@ RUNS = {
         (*TINY_BIMAMBA2, "--pretrained_source=facebook/wav2vec2-large-lv60"),
         resume=False,
     ),
-    "tedlium-bpe": Run(  # SentencePiece BPE units, trained on the sample's train split, reused on resume
+    "tedlium-bpe": Run(  # SentencePiece BPE units trained on the sample's train split (reuse: test_tedlium_units)
         "recipes/TEDLIUM",
         "wav2vec2_ctc.yaml",
         ("--units=bpe", "--output_neurons=40"),
         listings=(("save/tokenizer/*", ("40_bpe.model", "40_bpe.vocab", "train.txt")),),
+        resume=False,
     ),
 }
 
