@@ -89,7 +89,7 @@ RUNS = {
         (*TINY_BIMAMBA2, "--pretrained_source=facebook/wav2vec2-large-lv60"),
         resume=False,
     ),
-    "tedlium-bpe": Run(  # SentencePiece BPE units trained on the sample's train split (reuse: test_tedlium_units)
+    "tedlium-bpe": Run(  # SentencePiece BPE units, trained on the sample (reuse: test_tedlium_units.py)
         "recipes/TEDLIUM",
         "wav2vec2_ctc.yaml",
         ("--units=bpe", "--output_neurons=40"),
