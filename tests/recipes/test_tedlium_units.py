@@ -1,6 +1,7 @@
 """TED-LIUM output units (recipes/TEDLIUM/train.py): characters and SentencePiece BPE pieces encode and
 decode transcripts, the BPE model is trained once into the save folder and reused, the head size is checked,
-and a transcript character the units do not know stops training naming the utterance."""
+and a transcript character the units do not know stops training naming the utterance; the training batches
+come from the YAML's train_sampler."""
 
 import csv
 
@@ -60,3 +61,14 @@ def test_bpe_trained_on_the_train_split_saved_and_reused(tmp_path):
     )
     with pytest.raises(SystemExit, match="units must be one of char, bpe"):
         train.build_units(hparams(tmp_path, "words", 40))
+
+
+def test_train_loader_takes_its_batches_from_the_sampler():
+    opts = {"train_dataloader_opts": {"num_workers": 0}, "train_sampler": lambda data: ("sampler of", data)}
+    assert train.train_loader_kwargs(opts, "train set") == {
+        "num_workers": 0,
+        "batch_sampler": ("sampler of", "train set"),
+    }
+    opts["train_dataloader_opts"] = {"batch_size": 2, "shuffle": True}
+    with pytest.raises(SystemExit, match="train_dataloader_opts sets batch_size, shuffle, but the training"):
+        train.train_loader_kwargs(opts, "train set")
