@@ -149,6 +149,13 @@ class MMapTokens:
             )
         return np.dtype(DTYPES[code]), count, docs
 
+    def __getstate__(self) -> dict:
+        """Pickled (dataloader workers under spawn) as its path: a memmap would pickle its whole content."""
+        return {"prefix": str(self.idx_path)[:-4]}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["prefix"])
+
     def __len__(self) -> int:
         return len(self.sizes)
 
