@@ -37,9 +37,22 @@ RECIPES = {
         f"--pretrained_source={SAMPLES / 'models' / 'tiny-wav2vec2'}",
         "--batch_size=2",
     ),
+    "lm/Pile": (
+        f"--data_prefix={SAMPLES / 'pile_mini' / 'document'}",
+        f"--pretrained_source={SAMPLES / 'models' / 'tiny-pythia'}",
+        "--seq_length=129",
+        "--max_train_samples=48",
+        "--valid_samples=8",
+        "--test_samples=8",
+        "--batch_size=2",
+        "--grad_accumulation_factor=1",
+        "--precision=fp32",
+        "--num_workers=0",
+    ),
 }
 TINY_BIMAMBA2 = ("--headdim=32", "--d_state=16")
 TEDLIUM_TEACHER = "--teacher_path={out:tedlium-teacher}/save"
+TINY_MAMBA = ("--d_inner=128", "--dt_rank=4")
 
 RUNS = {
     "tedlium-teacher": Run(
@@ -71,6 +84,11 @@ RUNS = {
         (*TINY_BIMAMBA2, TEDLIUM_TEACHER, "--distill_until_step=1"),
         needs=("tedlium-teacher",),
     ),
+    # LM: the teacher is the pretrained model itself (no teacher run); each run exports the best student.
+    "pile-target": Run("lm/Pile", "mamba_target.yaml", TINY_MAMBA, expect=("student/config.json",)),
+    "pile-unguided": Run("lm/Pile", "mamba_unguided.yaml", TINY_MAMBA, resume=False),
+    "pile-hybrid": Run("lm/Pile", "mamba_hybrid.yaml", (*TINY_MAMBA, "--distill_until_fraction=null", "--distill_until_step=1"), resume=False),
+    "pile-mamba2": Run("lm/Pile", "mamba2_target.yaml", ("--headdim=32", "--d_state=16"), resume=False),
 }
 
 
