@@ -1,7 +1,8 @@
 """Warm-up + cosine learning-rate schedule with a floor, as the CALD reference's LM runs use it
 (lm/open_instruct/retrain_mamba_distill.py: transformers' `get_scheduler("cosine")` over `lr_decay_steps`
 with `num_warmup_steps = int(lr_decay_steps * warmup_ratio)`, every factor raised to `min_lr / lr`, and
-`min_lr / lr` once `lr_decay_steps` have passed). The speech recipes' schedule is `cald_brain.optim.WarmupExpDecay`.
+`min_lr / lr` once `lr_decay_steps` have passed). The speech recipes' schedule is
+`cald_brain.optim.WarmupExpDecay`.
 """
 
 import math

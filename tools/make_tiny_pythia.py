@@ -1,5 +1,5 @@
-"""Train the tiny *pretrained* GPT-NeoX (Pythia architecture) in ``tests/samples/models/tiny-pythia`` and write
-the mini Pile-format corpus ``tests/samples/pile_mini/document.{idx,bin}``.
+"""Train the tiny *pretrained* GPT-NeoX (Pythia architecture) in ``tests/samples/models/tiny-pythia`` and
+write the mini Pile-format corpus ``tests/samples/pile_mini/document.{idx,bin}``.
 
 The LM recipe converts an already pretrained decoder, so its sample runs need one that really models English,
 yet small enough to distil on two CPU cores in seconds. Offline English text: the documentation strings of
@@ -44,8 +44,10 @@ TRAIN_MODULES = (
     "uuid", "calendar", "locale", "gettext", "io", "tempfile", "glob", "fnmatch", "queue", "sched",
     "contextlib", "abc", "numbers", "operator", "struct", "codecs", "base64", "binascii", "zlib", "gzip",
 )  # fmt: skip
-HELD_OUT_MODULES = ("asyncio", "multiprocessing", "pydoc", "turtle", "smtplib", "ftplib", "imaplib",
-                    "mailbox", "optparse", "getopt", "plistlib", "wave", "pprint", "reprlib", "weakref")  # fmt: skip
+HELD_OUT_MODULES = (
+    "asyncio", "multiprocessing", "pydoc", "turtle", "smtplib", "ftplib", "imaplib", "mailbox", "optparse",
+    "getopt", "plistlib", "wave", "pprint", "reprlib", "weakref",
+)  # fmt: skip
 
 
 def docstrings(module_names: tuple[str, ...]) -> list[str]:
@@ -121,7 +123,9 @@ def pretrain(model: GPTNeoXForCausalLM, stream: np.ndarray, steps: int, window: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("tests/samples/models/tiny-pythia"))
     parser.add_argument("--corpus", type=Path, default=Path("tests/samples/pile_mini"))
     parser.add_argument("--steps", type=int, default=500)
@@ -168,8 +172,9 @@ def main() -> None:
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     (args.out / "README.md").write_text(
-        "# tiny-pythia\n\nA GPT-NeoX (Pythia architecture: 2 layers, width 64, 4 heads, rotary on 25 %, parallel "
-        f"residual) with a {len(tokenizer)}-token byte-level BPE tokenizer, pretrained for {args.steps} steps "
+        "# tiny-pythia\n\nA GPT-NeoX (Pythia architecture: 2 layers, width 64, 4 heads, rotary on 25 %, "
+        f"parallel residual) with a {len(tokenizer)}-token byte-level BPE tokenizer, pretrained for "
+        f"{args.steps} steps "
         "on Python standard-library docstrings by `tools/make_tiny_pythia.py`. Held-out perplexity "
         f"(first {n // 4} sequences of tests/samples/pile_mini): {before:.1f} at random init, {after:.1f} "
         "after pretraining.\n",
@@ -177,9 +182,9 @@ def main() -> None:
     )
     write_mmap_tokens(args.corpus / "document", list(sequences), dtype=np.uint16)
     (args.corpus / "README.md").write_text(
-        f"# pile_mini\n\n{n} sequences of {length} tokens in the Pythia Pile's MMIDIDX format (document.idx + "
-        "document.bin, uint16), tokenized with tests/samples/models/tiny-pythia's tokenizer from held-out "
-        "Python docstrings joined with <|endoftext|>. Made by `tools/make_tiny_pythia.py`.\n",
+        f"# pile_mini\n\n{n} sequences of {length} tokens in the Pythia Pile's MMIDIDX format "
+        "(document.idx + document.bin, uint16), tokenized with tests/samples/models/tiny-pythia's tokenizer "
+        "from held-out Python docstrings joined with <|endoftext|>. Made by `tools/make_tiny_pythia.py`.\n",
         encoding="utf-8",
     )
 

@@ -108,7 +108,8 @@ class MMapTokens:
         for path in (self.idx_path, self.bin_path):
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"{path} does not exist: data_prefix must name an MMIDIDX corpus <prefix>.idx + <prefix>.bin "
+                    f"{path} does not exist: data_prefix must name an MMIDIDX corpus "
+                    "<prefix>.idx + <prefix>.bin "
                     "(e.g. /path/pile_pythia/document for document.idx and document.bin)"
                 )
         self.dtype, count, docs = self._read_header()
@@ -117,13 +118,16 @@ class MMapTokens:
         self.pointers = np.frombuffer(
             self._index, dtype=np.int64, count=count, offset=HEADER_BYTES + 4 * count
         )
-        self.doc_idx = np.frombuffer(self._index, dtype=np.int64, count=docs, offset=HEADER_BYTES + 12 * count)
+        self.doc_idx = np.frombuffer(
+            self._index, dtype=np.int64, count=docs, offset=HEADER_BYTES + 12 * count
+        )
         self._data = np.memmap(self.bin_path, mode="r", dtype=np.uint8)
         if count:
             end = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize
             if end > self._data.size:
                 raise MMapFormatError(
-                    f"{self.bin_path} holds {self._data.size} bytes but {self.idx_path} points up to byte {end}: "
+                    f"{self.bin_path} holds {self._data.size} bytes but {self.idx_path} points up to byte "
+                    f"{end}: "
                     "the .bin is truncated or belongs to another index (a single shard needs its own .idx)"
                 )
 
@@ -134,11 +138,14 @@ class MMapTokens:
         if len(header) < HEADER_BYTES or header[: len(MAGIC)] != MAGIC:
             raise MMapFormatError(
                 f"{self.idx_path} is not an MMIDIDX index (its first bytes are {header[:9]!r}, expected "
-                f"{MAGIC!r}); give the .idx of a Megatron memory-mapped dataset (mmap impl, not 'cached'/'lazy')"
+                f"{MAGIC!r}); give the .idx of a Megatron memory-mapped dataset (mmap impl, not "
+                "'cached'/'lazy')"
             )
         version, code, count, docs = struct.unpack("<QBQQ", header[len(MAGIC) :])
         if version != VERSION:
-            raise MMapFormatError(f"{self.idx_path}: MMIDIDX version {version}, only version {VERSION} is supported")
+            raise MMapFormatError(
+                f"{self.idx_path}: MMIDIDX version {version}, only version {VERSION} is supported"
+            )
         if code not in DTYPES:
             raise MMapFormatError(f"{self.idx_path}: unknown dtype code {code} (known: {sorted(DTYPES)})")
         expected = HEADER_BYTES + 12 * count + 8 * docs
@@ -162,7 +169,9 @@ class MMapTokens:
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
             raise IndexError(f"sequence {i} out of range: {self.idx_path} holds {len(self)}")
-        return np.frombuffer(self._data, dtype=self.dtype, count=int(self.sizes[i]), offset=int(self.pointers[i]))
+        return np.frombuffer(
+            self._data, dtype=self.dtype, count=int(self.sizes[i]), offset=int(self.pointers[i])
+        )
 
 
 class TokenSequences(Dataset):
@@ -185,7 +194,8 @@ class TokenSequences(Dataset):
         count = total - start if count is None else int(count)
         if start < 0 or count <= 0 or start + count > total:
             raise ValueError(
-                f"{self.corpus.idx_path} holds {total} sequences; sequences {start}..{start + count - 1} were "
+                f"{self.corpus.idx_path} holds {total} sequences; sequences {start}..{start + count - 1} "
+                "were "
                 "asked for (check max_train_samples, valid_samples and test_samples against the corpus)"
             )
         self.start, self.count, self.seq_length = int(start), count, int(seq_length)

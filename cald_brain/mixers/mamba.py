@@ -192,7 +192,9 @@ class Mamba(nn.Module):
         x = F.silu(self.conv1d(x)[..., :length])
         return self._ssm_and_output(selective_scan, x, z, ssm_state)
 
-    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> torch.Tensor:
         """One token (batch, 1, d_model) -> (batch, 1, d_model); conv_state and ssm_state are updated in
         place. Equal to the last frame of `forward` on the whole sequence (float32 rounding)."""
         x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)  # (batch, d_inner) each

@@ -173,7 +173,8 @@ class Mamba2(nn.Module):
     def allocate_inference_cache(
         self, batch_size: int, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero (conv_state (batch, conv_dim, d_conv), ssm_state (batch, nheads, headdim, d_state) in float32)."""
+        """Zero (conv_state (batch, conv_dim, d_conv), ssm_state (batch, nheads, headdim, d_state) in
+        float32): the whole memory this layer needs per sequence, whatever the context length."""
         device = self.out_proj.weight.device
         dtype = self.conv1d.weight.dtype if dtype is None else dtype
         conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype)
@@ -195,7 +196,8 @@ class Mamba2(nn.Module):
     def prefill(
         self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
     ) -> torch.Tensor:
-        """The forward pass over a whole prompt that also writes the states `step` continues from. Pure PyTorch."""
+        """The forward pass over a whole prompt that also writes the states `step` continues from.
+        Pure-PyTorch path."""
         z, xBC, dt = self._project_in(hidden_states)
         conv_state.copy_(F.pad(xBC.transpose(1, 2), (self.d_conv - xBC.shape[1], 0)))
         xBC = causal_conv1d_silu(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias)
@@ -214,7 +216,9 @@ class Mamba2(nn.Module):
         ssm_state.copy_(final)
         return self._gate_and_output(y.flatten(2), z)
 
-    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> torch.Tensor:
         """One token (batch, 1, d_model) -> (batch, 1, d_model); the states are updated in place."""
         z, xBC, dt = self._project_in(hidden_states.squeeze(1))
         conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
@@ -222,7 +226,9 @@ class Mamba2(nn.Module):
         xBC = (conv_state * self.conv1d.weight.squeeze(1)).sum(dim=-1)
         if self.conv1d.bias is not None:
             xBC = xBC + self.conv1d.bias
-        x, B, C = F.silu(xBC).split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+        x, B, C = F.silu(xBC).split(
+            [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1
+        )
         per_group = self.nheads // self.ngroups
         B = B.float().view(-1, self.ngroups, self.d_state).repeat_interleave(per_group, dim=1)  # (b, h, n)
         C = C.float().view(-1, self.ngroups, self.d_state).repeat_interleave(per_group, dim=1)

@@ -57,7 +57,11 @@ class LM(CALDBrain):
         stage_stats["perplexity"] = math.exp(self.nll_sum / self.token_count)
         if stage == sb.Stage.VALID:
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "steps": self.optimizer_step, "lr": self.optimizer.param_groups[0]["lr"]},
+                stats_meta={
+                    "epoch": epoch,
+                    "steps": self.optimizer_step,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                },
                 train_stats=self.train_stats,
                 valid_stats=stage_stats,
             )
@@ -79,12 +83,17 @@ def datasets(hparams: dict) -> dict[str, TokenSequences]:
     """Train / valid / test as consecutive ranges of the corpus in index order (the reference trains on the
     first max_train_samples sequences; validation and test take the sequences right after them)."""
     corpus = MMapTokens(hparams["data_prefix"])
-    sizes = {"train": hparams["max_train_samples"], "valid": hparams["valid_samples"], "test": hparams["test_samples"]}
+    sizes = {
+        "train": hparams["max_train_samples"],
+        "valid": hparams["valid_samples"],
+        "test": hparams["test_samples"],
+    }
     if any(n is None or n <= 0 for n in sizes.values()):
         raise RecipeError(f"max_train_samples, valid_samples and test_samples must be > 0, got {sizes}")
     if sum(sizes.values()) > len(corpus):
         raise RecipeError(
-            f"{corpus.idx_path} holds {len(corpus)} sequences, fewer than max_train_samples + valid_samples + "
+            f"{corpus.idx_path} holds {len(corpus)} sequences, fewer than max_train_samples + "
+            "valid_samples + "
             f"test_samples = {sum(sizes.values())}: lower them"
         )
     start, found = 0, {}
@@ -111,13 +120,16 @@ def main() -> None:
         raise RecipeError(
             f"{hparams_file}: guidance_mode={mode} does not apply to the LM recipe. Trajectory and waypoint "
             "guidance follow a teacher being fine-tuned on the task; here the teacher is the already "
-            f"pretrained Pythia, so use one of {', '.join(LM_MODES)} (target: the pretrained model is the target)"
+            f"pretrained Pythia, so use one of {', '.join(LM_MODES)} (target: the pretrained model is the "
+            "target)"
         )
     data = datasets(hparams)
     if mode != "unguided":
         run_on_main(write_pretrained_teacher, args=[hparams])
 
-    lm = LM(modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    lm = LM(
+        modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
+    )
     lm.fit(
         lm.hparams.epoch_counter,
         data["train"],

@@ -29,6 +29,7 @@ VARYING = {  # recipe folder (relative to the repository root) -> keys its hpara
         "d_state",  # Mamba's 16 vs. Mamba2's 64
         "student",  # Mamba vs. Mamba2 mixer arguments
         "mixer_init",  # the comment lists the mixer's options
+        "no_decay_modules",  # Mamba2's A_log, D, dt_bias are not decayed (mamba_ssm's rule)
     },
 }
 RECIPE_TREES = ("recipes", "nlp", "lm")  # where recipe folders live

@@ -87,7 +87,12 @@ RUNS = {
     # LM: the teacher is the pretrained model itself (no teacher run); each run exports the best student.
     "pile-target": Run("lm/Pile", "mamba_target.yaml", TINY_MAMBA, expect=("student/config.json",)),
     "pile-unguided": Run("lm/Pile", "mamba_unguided.yaml", TINY_MAMBA, resume=False),
-    "pile-hybrid": Run("lm/Pile", "mamba_hybrid.yaml", (*TINY_MAMBA, "--distill_until_fraction=null", "--distill_until_step=1"), resume=False),
+    "pile-hybrid": Run(
+        "lm/Pile",
+        "mamba_hybrid.yaml",
+        (*TINY_MAMBA, "--distill_until_fraction=null", "--distill_until_step=1"),
+        resume=False,
+    ),
     "pile-mamba2": Run("lm/Pile", "mamba2_target.yaml", ("--headdim=32", "--d_state=16"), resume=False),
 }
 

@@ -78,7 +78,9 @@ def test_greedy_generation_matches_rereading_and_state_is_constant(tmp_path):
         for length in (1, 40):
             model(input_ids=torch.zeros(1, length, dtype=torch.long))
             sizes.append(sum(m.state_bytes() for m in stateful))
-    assert sizes[0] == sizes[1] == 2 * (96 * 4 * 4 + 96 * 16 * 4)  # per layer: conv (d_inner x 4) + ssm (x 16)
+    assert (
+        sizes[0] == sizes[1] == 2 * (96 * 4 * 4 + 96 * 16 * 4)
+    )  # per layer: conv (d_inner x 4) + ssm (x 16)
 
     model.save_pretrained(tmp_path)  # the export format of lm/Pile: load_student decodes the same
     assert torch.equal(generate(load_student(str(tmp_path)), prompt, max_new_tokens=12), out)

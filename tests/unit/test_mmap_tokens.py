@@ -1,5 +1,5 @@
-"""The MMIDIDX reader and writer (cald_brain.data.mmap_tokens): files written by our writer are checked byte by
-byte against the format spec (shared/reference/DATA_FORMATS.md, Pile section), independently of our reader;
+"""The MMIDIDX reader and writer (cald_brain.data.mmap_tokens): files written by our writer are checked byte
+by byte against the format spec (shared/reference/DATA_FORMATS.md, Pile section), independently of our reader;
 the reader validates headers, memory-maps, returns exact sequences in the reference's order, and the committed
 mini corpus is such a file."""
 
