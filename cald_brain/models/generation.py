@@ -78,23 +78,59 @@ def is_converted(model: nn.Module) -> bool:
     return bool(mixer_hosts(model))
 
 
+class Decoder:
+    """Incremental decoding of one batch: `prefill` (the prompt) then `step` (one token per call), each
+    returning the logits of the tokens given; `cache_bytes` is the memory the cache holds now. A converted
+    model keeps recurrent states (within `with Decoder(...)`), a transformer its KV cache."""
+
+    def __init__(self, model: PreTrainedModel, batch_size: int) -> None:
+        self.model, self.batch_size = model, batch_size
+        self.converted = is_converted(model)
+        self.past = None
+        self._context = None
+        self._stateful: list[StatefulMixer] = []
+
+    def __enter__(self) -> "Decoder":
+        if self.converted:
+            self._context = recurrent_decoding(self.model, self.batch_size)
+            self._stateful = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc)
+        self.past = None
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._run(input_ids)
+
+    def step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._run(input_ids)
+
+    def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.converted:
+            return self.model(input_ids=input_ids, use_cache=False).logits
+        out = self.model(input_ids=input_ids, past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits
+
+    def cache_bytes(self) -> int:
+        if self.converted:
+            return sum(m.state_bytes() for m in self._stateful)
+        if self.past is None:
+            return 0
+        tensors = [t for layer in self.past.layers for t in (layer.keys, layer.values) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
 @torch.no_grad()
 def decode_logits(model: PreTrainedModel, input_ids: torch.Tensor, prompt_length: int) -> torch.Tensor:
     """(batch, length, vocab) logits of `input_ids` computed incrementally: the first `prompt_length` tokens
     in one call, then one token per call (recurrent states for a converted model, the KV cache otherwise).
     Equal to one forward over the whole sequence up to float rounding; used to check the caches."""
-    if is_converted(model):
-        with recurrent_decoding(model, input_ids.shape[0]):
-            logits = [model(input_ids=input_ids[:, :prompt_length], use_cache=False).logits]
-            for t in range(prompt_length, input_ids.shape[1]):
-                logits.append(model(input_ids=input_ids[:, t : t + 1], use_cache=False).logits)
-        return torch.cat(logits, dim=1)
-    out = model(input_ids=input_ids[:, :prompt_length], use_cache=True)
-    logits, past = [out.logits], out.past_key_values
-    for t in range(prompt_length, input_ids.shape[1]):
-        out = model(input_ids=input_ids[:, t : t + 1], past_key_values=past, use_cache=True)
-        logits.append(out.logits)
-        past = out.past_key_values
+    with Decoder(model, input_ids.shape[0]) as decoder:
+        logits = [decoder.prefill(input_ids[:, :prompt_length])]
+        logits += [decoder.step(input_ids[:, t : t + 1]) for t in range(prompt_length, input_ids.shape[1])]
     return torch.cat(logits, dim=1)
 
 
@@ -124,21 +160,13 @@ def generate(
     model.eval()
     tokens = input_ids
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    if is_converted(model):
-        with recurrent_decoding(model, input_ids.shape[0]):
-            logits = model(input_ids=input_ids, use_cache=False).logits[:, -1]
-            for i in range(max_new_tokens):
-                tokens, done = _append(tokens, _pick(logits, temperature, generator), done, eos_token_id)
-                if bool(done.all()) or i == max_new_tokens - 1:
-                    break
-                logits = model(input_ids=tokens[:, -1:], use_cache=False).logits[:, -1]
-        return tokens
-    out = model(input_ids=input_ids, use_cache=True)
-    for i in range(max_new_tokens):
-        tokens, done = _append(tokens, _pick(out.logits[:, -1], temperature, generator), done, eos_token_id)
-        if bool(done.all()) or i == max_new_tokens - 1:
-            break
-        out = model(input_ids=tokens[:, -1:], past_key_values=out.past_key_values, use_cache=True)
+    with Decoder(model, input_ids.shape[0]) as decoder:
+        logits = decoder.prefill(input_ids)[:, -1]
+        for i in range(max_new_tokens):
+            tokens, done = _append(tokens, _pick(logits, temperature, generator), done, eos_token_id)
+            if bool(done.all()) or i == max_new_tokens - 1:
+                break
+            logits = decoder.step(tokens[:, -1:])[:, -1]
     return tokens
 
 
