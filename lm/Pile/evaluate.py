@@ -64,8 +64,8 @@ def load_lm(source: str, device: str) -> tuple[PreTrainedModel, bool]:
 
 def harness_model(model: PreTrainedModel, tokenizer: Any, batch_size: int, max_length: int | None = None):
     """The harness's Hugging Face LM class around a model instance (as the reference's
-    HybridMambaEvalWrapper): the harness tokenizes, batches and scores continuations itself, so students and teachers are
-    scored by the same code."""
+    HybridMambaEvalWrapper): the harness tokenizes, batches and scores continuations itself, so students and
+    teachers are scored by the same code."""
     _, HFLM, _ = import_lm_eval()
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
 
