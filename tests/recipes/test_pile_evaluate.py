@@ -13,6 +13,7 @@ from conftest import SAMPLES, load_repo_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cald_brain.convert import load_and_convert
+from cald_brain.data.mmap_tokens import MMapTokens
 
 TINY_PYTHIA = SAMPLES / "models" / "tiny-pythia"
 DOCS = [
@@ -134,3 +135,22 @@ def test_missing_lm_eval_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_lm_eval)
     with pytest.raises(SystemExit, match=r'pip install -e "\.\[lm\]"'):
         evaluate.main([f"--model={TINY_PYTHIA}", "--tasks=piqa"])
+
+
+def test_perplexity_column_without_the_harness(tmp_path):
+    data = ["--data_prefix=" + str(SAMPLES / "pile_mini" / "document"), "--data_start=56", "--seq_length=129"]
+    output = tmp_path / "ppl.md"
+    table = evaluate.main(
+        [f"--model={TINY_PYTHIA}", "--tasks=", *data, "--batch_size=3", f"--output={output}"]
+    )
+    rows = table.splitlines()
+    assert rows[0] == "| model | perplexity |"
+    corpus = MMapTokens(SAMPLES / "pile_mini" / "document")
+    ids = torch.stack([torch.from_numpy(corpus[i].astype("int64")) for i in range(56, 64)])
+    teacher = AutoModelForCausalLM.from_pretrained(TINY_PYTHIA).eval()
+    with torch.no_grad():
+        logits = teacher(input_ids=ids[:, :-1]).logits
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).exp().item()
+    assert float(rows[2].split("|")[2]) == pytest.approx(expected, abs=0.01)  # batches of 3, 3, 2 = one of 8
+    with pytest.raises(SystemExit, match="nothing to evaluate"):
+        evaluate.main([f"--model={TINY_PYTHIA}", "--tasks="])
