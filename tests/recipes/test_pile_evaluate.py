@@ -1,8 +1,9 @@
 """lm/Pile/evaluate.py, the lm-evaluation-harness adapter: on a local multiple-choice task, the harness's
 per-choice log-likelihoods of a converted tiny-Pythia student and of the teacher equal an independent
 computation from one forward pass, and the command writes the models x tasks table. The harness part needs
-the optional `lm-eval` package (setup.py extra "lm") and is skipped without it; the table and the
-missing-package error are tested always."""
+the optional `lm-eval` package (setup.py extra "lm") and is skipped without it (and marked slow: the harness
+indexes its task files at start-up); the perplexity column, the table and the missing-package error are
+tested always."""
 
 import builtins
 import json
