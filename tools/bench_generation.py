@@ -9,7 +9,8 @@ on L; the teacher's grows linearly with it.
 
     python tools/bench_generation.py                                  # tiny sample model, CPU
     python tools/bench_generation.py --pythia 160m --contexts 128,512,2048 --new_tokens 16
-    python tools/bench_generation.py --teacher EleutherAI/pythia-1b --student results/.../student --device cuda
+    python tools/bench_generation.py --teacher EleutherAI/pythia-1b --student results/.../student \
+        --device cuda
 
 `--pythia SIZE` builds a randomly initialised GPT-NeoX with that Pythia size's published dimensions (no
 download; speed and memory do not depend on the weights) and converts it with the reference's Mamba sizes.
@@ -137,9 +138,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, context, m in rows:
         peak = "n/a" if m["peak_mib"] != m["peak_mib"] else f"{m['peak_mib']:.0f}"
-        print(
-            f"| {name} | {context} | {m['prefill_s']:.3f} | {m['tokens_per_s']:.1f} | {m['cache_mib']:.2f} | {peak} |"
+        cells = (
+            name,
+            context,
+            f"{m['prefill_s']:.3f}",
+            f"{m['tokens_per_s']:.1f}",
+            f"{m['cache_mib']:.2f}",
+            peak,
         )
+        print("| " + " | ".join(map(str, cells)) + " |")
 
 
 if __name__ == "__main__":
