@@ -29,5 +29,7 @@ setup(
         # CUDA kernels; never needed on CPU. See README "GPU kernels" (pip install --no-build-isolation).
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         "dev": ["pytest", "ruff", "matplotlib"],
+        # lm/Pile/evaluate.py: EleutherAI's lm-evaluation-harness (tested with 0.4.13)
+        "lm": ["lm-eval[hf]>=0.4.13,<0.5"],
     },
 )

@@ -5,7 +5,7 @@ keeps input_layernorm, post_attention_layernorm, the MLP and its parallel-residu
 embeddings are still computed by the model and passed to the mixer, which ignores them. Mixers are causal,
 so right padding never reaches real tokens; the padding mask is only checked (right padding, no packing). The
 student has no KV cache: conversion sets `use_cache=False` (config and generation config), and a cache passed
-anyway raises.
+anyway raises. Constant-memory decoding with the mixers' recurrent states: cald_brain.models.generation.
 
 Mamba sizes: the CALD reference (lm/open_instruct/modeling_hybrid_mamba.py `build_gpt_neox_mamba_model`) loads
 the config of state-spaces/mamba-2.8b-hf and only then sets hidden_size to the Pythia model's. The inner width
@@ -36,8 +36,9 @@ class CausalMixerAttention(MixerAttention):
     ) -> tuple[torch.Tensor, None]:
         if layer_past is not None:
             raise ValueError(
-                "the converted LM has no KV cache: call it with use_cache=False (generate() then re-reads "
-                "the whole sequence at every step)"
+                "the converted LM has no KV cache: call it with use_cache=False (Hugging Face's generate() "
+                "then re-reads the whole sequence at every step; cald_brain.models.generation.generate "
+                "decodes with the mixers' recurrent states)"
             )
         return self.mix(hidden_states, attention_mask), None
 

@@ -113,6 +113,19 @@ def _read_state_dict(folder: str) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{folder} has neither model.safetensors nor model.safetensors.index.json")
 
 
+def _saved_names_to_parameter_names(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> dict:
+    """transformers >= 5 saves some weights under their original checkpoint names and renames them when
+    loading (e.g. GPT-NeoX's `lm_head.weight` is saved as `embed_out.weight`); apply the model's key renamings
+    as `from_pretrained` does. transformers 4 saves parameter names as they are (no renaming module)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:
+        return state_dict
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    return {rename_source_key(key, renamings, [])[0]: value for key, value in state_dict.items()}
+
+
 def _model_class(config) -> type[PreTrainedModel] | Any:
     """The class save_pretrained recorded in config.architectures, else AutoModel."""
     architectures = getattr(config, "architectures", None) or []
@@ -157,7 +170,7 @@ def load_student(
         unidirectional=record["unidirectional"],
         **record["mixer_kwargs"],
     )
-    state_dict = _read_state_dict(folder)
+    state_dict = _saved_names_to_parameter_names(model, _read_state_dict(folder))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [key for key in missing if not _aliases(model, key) & state_dict.keys()]
     if missing or unexpected:

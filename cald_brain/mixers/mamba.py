@@ -23,7 +23,8 @@ class Mamba(nn.Module):
     5120 for every Pythia size); dt_rank "auto" = ceil(d_model / 16); dt_min, dt_max,
     dt_init ("random" | "constant"), dt_scale and dt_init_floor set the initial step sizes; bias / conv_bias
     add biases to in_proj/out_proj and conv1d; use_fast_path picks the fused `mamba_inner_fn` kernel on CUDA.
-    layer_idx is kept for mamba_ssm compatibility (its inference cache); this module has no step decoding.
+    layer_idx is kept for mamba_ssm compatibility. Recurrent decoding (constant memory per token):
+    `allocate_inference_cache`, `prefill` (a prompt, filling the states) and `step` (one token), below.
     """
 
     def __init__(
@@ -107,10 +108,13 @@ class Mamba(nn.Module):
         """The (d_inner, d_state) diagonal state matrix, in fp32 (a half-precision A_log can give -inf)."""
         return -torch.exp(self.A_log.float())
 
-    def _ssm_and_output(self, scan_fn, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _ssm_and_output(
+        self, scan_fn, x: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Selective scan of the conv output x (batch, d_inner, length) gated by z, then out_proj.
 
         `scan_fn` is `selective_scan` or mamba_ssm's `selective_scan_fn` (same signature and semantics).
+        ssm_state: when given, receives the final scan state (batch, d_inner, d_state).
         """
         x_dbl = self.x_proj(x.transpose(1, 2))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -125,7 +129,11 @@ class Mamba(nn.Module):
             z=z,
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
+            return_last_state=ssm_state is not None,
         )
+        if ssm_state is not None:
+            y, last_state = y
+            ssm_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))
 
     def _forward_torch(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -159,3 +167,47 @@ class Mamba(nn.Module):
             x=x, weight=self.conv1d.weight.squeeze(1), bias=self.conv1d.bias, activation="silu"
         )
         return self._ssm_and_output(kernels.selective_scan_fn, x, z)
+
+    # --- recurrent decoding (mamba_ssm's inference-cache layout) --------------------------------------------
+
+    def allocate_inference_cache(
+        self, batch_size: int, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero (conv_state (batch, d_inner, d_conv), ssm_state (batch, d_inner, d_state) in float32): the
+        whole memory this layer needs per sequence, whatever the context length."""
+        device = self.out_proj.weight.device
+        dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        return conv_state, ssm_state
+
+    def prefill(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> torch.Tensor:
+        """The forward pass over a whole prompt (batch, length, d_model) that also writes the states `step`
+        continues from (the last d_conv conv inputs, the final scan state). Pure-PyTorch path."""
+        length = hidden_states.shape[1]
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        conv_state.copy_(F.pad(x, (self.d_conv - length, 0)))  # left-pads or crops to the last d_conv inputs
+        x = F.silu(self.conv1d(x)[..., :length])
+        return self._ssm_and_output(selective_scan, x, z, ssm_state)
+
+    def step(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> torch.Tensor:
+        """One token (batch, 1, d_model) -> (batch, 1, d_model); conv_state and ssm_state are updated in
+        place. Equal to the last frame of `forward` on the whole sequence (float32 rounding)."""
+        x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)  # (batch, d_inner) each
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = x
+        x = (conv_state * self.conv1d.weight.squeeze(1)).sum(dim=-1)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())
+        decay = torch.exp(dt.unsqueeze(-1) * self._A())  # (batch, d_inner, d_state)
+        ssm_state.mul_(decay).add_((dt * x.float()).unsqueeze(-1) * B.float().unsqueeze(1))
+        y = (ssm_state @ C.float().unsqueeze(-1)).squeeze(-1) + self.D.float() * x.float()
+        y = (y * F.silu(z.float())).to(hidden_states.dtype)
+        return self.out_proj(y).unsqueeze(1)

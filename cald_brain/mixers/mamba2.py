@@ -24,6 +24,7 @@ class Mamba2(nn.Module):
     Same arguments as mamba_ssm's Mamba2, minus d_ssm, conv_init, use_mem_eff_path and the tensor-parallel
     options. `chunk_size` is the chunk of the CUDA kernels; the CPU path uses `cpu_chunk_size` (an attribute,
     `ops.ssd.CPU_CHUNK_SIZE` by default; the chunk size changes the result only by float32 rounding).
+    Recurrent decoding: `allocate_inference_cache`, `prefill`, `step` (below).
     """
 
     def __init__(
@@ -166,3 +167,77 @@ class Mamba2(nn.Module):
         if self.rmsnorm:
             y = self.norm(y, z)
         return self.out_proj(y)
+
+    # --- recurrent decoding (mamba_ssm's inference-cache layout) --------------------------------------------
+
+    def allocate_inference_cache(
+        self, batch_size: int, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero (conv_state (batch, conv_dim, d_conv), ssm_state (batch, nheads, headdim, d_state) in
+        float32): the whole memory this layer needs per sequence, whatever the context length."""
+        device = self.out_proj.weight.device
+        dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype)
+        ssm_state = torch.zeros(
+            batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32
+        )
+        return conv_state, ssm_state
+
+    def _gate_and_output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Gate (gated RMSNorm, or y * silu(z)) and out_proj of the flattened scan output."""
+        y = self.norm(y, z) if self.rmsnorm else y * F.silu(z)
+        return self.out_proj(y)
+
+    def _dt(self, dt: torch.Tensor) -> torch.Tensor:
+        """softplus(dt + dt_bias) in float32, clamped to dt_limit when set."""
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        return dt.clamp(*self.dt_limit) if "dt_limit" in self._dt_limit_kwargs() else dt
+
+    def prefill(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> torch.Tensor:
+        """The forward pass over a whole prompt that also writes the states `step` continues from.
+        Pure-PyTorch path."""
+        z, xBC, dt = self._project_in(hidden_states)
+        conv_state.copy_(F.pad(xBC.transpose(1, 2), (self.d_conv - xBC.shape[1], 0)))
+        xBC = causal_conv1d_silu(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        x, B, C = xBC.split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        A = -torch.exp(self.A_log.float())
+        y, final = ssd_chunked(
+            x.unflatten(-1, (self.nheads, self.headdim)),
+            self._dt(dt),
+            A,
+            B.unflatten(-1, (self.ngroups, self.d_state)),
+            C.unflatten(-1, (self.ngroups, self.d_state)),
+            chunk_size=self.cpu_chunk_size,
+            D=self._skip(),
+            return_final_state=True,
+        )
+        ssm_state.copy_(final)
+        return self._gate_and_output(y.flatten(2), z)
+
+    def step(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> torch.Tensor:
+        """One token (batch, 1, d_model) -> (batch, 1, d_model); the states are updated in place."""
+        z, xBC, dt = self._project_in(hidden_states.squeeze(1))
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = xBC
+        xBC = (conv_state * self.conv1d.weight.squeeze(1)).sum(dim=-1)
+        if self.conv1d.bias is not None:
+            xBC = xBC + self.conv1d.bias
+        x, B, C = F.silu(xBC).split(
+            [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1
+        )
+        per_group = self.nheads // self.ngroups
+        B = B.float().view(-1, self.ngroups, self.d_state).repeat_interleave(per_group, dim=1)  # (b, h, n)
+        C = C.float().view(-1, self.ngroups, self.d_state).repeat_interleave(per_group, dim=1)
+        x = x.float().view(-1, self.nheads, self.headdim)
+        dt = self._dt(dt)  # (b, h)
+        decay = torch.exp(dt * -torch.exp(self.A_log.float()))
+        ssm_state.mul_(decay[..., None, None]).add_((dt[..., None] * x).unsqueeze(-1) * B.unsqueeze(2))
+        y = (ssm_state @ C.unsqueeze(-1)).squeeze(-1)  # (b, h, p)
+        D = self._skip().float()
+        y = y + (D.unsqueeze(-1) if D.dim() == 1 else D) * x
+        y = y.flatten(1).to(hidden_states.dtype)
+        return self._gate_and_output(y, z).unsqueeze(1)

@@ -26,6 +26,16 @@ VARYING = {  # recipe folder (relative to the repository root) -> keys its hpara
         "grad_accumulation_factor",
         "residual_inside",  # the reference's unguided BiMamba2 adds its input, the guided ones do not
     },
+    "lm/Pile": {
+        "output_folder",  # one results folder per hparams file
+        "guidance_mode",  # one mode per file
+        "alpha_ld",  # 0 for the unguided run
+        "mixer",  # mamba vs. mamba2
+        "d_state",  # Mamba's 16 vs. Mamba2's 64
+        "student",  # Mamba vs. Mamba2 mixer arguments
+        "mixer_init",  # the comment lists the mixer's options
+        "no_decay_modules",  # Mamba2's A_log, D, dt_bias are not decayed (mamba_ssm's rule)
+    },
 }
 RECIPE_TREES = ("recipes", "nlp", "lm")  # where recipe folders live
 RECIPE_DIRS = sorted(p.parent for tree in RECIPE_TREES for p in (ROOT / tree).glob("**/hparams"))

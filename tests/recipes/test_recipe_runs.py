@@ -44,6 +44,18 @@ class Run:
 # Arguments every run of a recipe gets: the committed sample data and tiny model, small batches.
 RECIPES = {
     "recipes/TEDLIUM": (f"--data_folder={SAMPLES / 'TEDLIUM_release-3'}", *TEDLIUM_SAMPLE_OVERRIDES),
+    "lm/Pile": (
+        f"--data_prefix={SAMPLES / 'pile_mini' / 'document'}",
+        f"--pretrained_source={SAMPLES / 'models' / 'tiny-pythia'}",
+        "--seq_length=129",
+        "--max_train_samples=48",
+        "--valid_samples=8",
+        "--test_samples=8",
+        "--batch_size=2",
+        "--grad_accumulation_factor=1",
+        "--precision=fp32",
+        "--num_workers=0",
+    ),
 }
 # Hub name -> (layer-norm layout, LayerDrop) of the tiny stand-in in the offline cache.
 HUB_MODELS = {
@@ -52,6 +64,7 @@ HUB_MODELS = {
 }
 TINY_BIMAMBA2 = ("--headdim=32", "--d_state=16")
 TEDLIUM_TEACHER = "--teacher_path={out:tedlium-teacher}/save"
+TINY_MAMBA = ("--d_inner=128", "--dt_rank=4")
 
 RUNS = {
     "tedlium-teacher": Run(
@@ -96,6 +109,16 @@ RUNS = {
         listings=(("save/tokenizer/*", ("40_bpe.model", "40_bpe.vocab", "train.txt")),),
         resume=False,
     ),
+    # LM: the teacher is the pretrained model itself (no teacher run); each run exports the best student.
+    "pile-target": Run("lm/Pile", "mamba_target.yaml", TINY_MAMBA, expect=("student/config.json",)),
+    "pile-unguided": Run("lm/Pile", "mamba_unguided.yaml", TINY_MAMBA, resume=False),
+    "pile-hybrid": Run(
+        "lm/Pile",
+        "mamba_hybrid.yaml",
+        (*TINY_MAMBA, "--distill_until_fraction=null", "--distill_until_step=1"),
+        resume=False,
+    ),
+    "pile-mamba2": Run("lm/Pile", "mamba2_target.yaml", ("--headdim=32", "--d_state=16"), resume=False),
 }
 
 

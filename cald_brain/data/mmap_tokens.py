@@ -1,0 +1,218 @@
+"""Megatron's memory-mapped indexed token format (MMIDIDX), as the Pythia pre-shuffled Pile ships it.
+
+A corpus is a pair `<prefix>.idx` + `<prefix>.bin`. The index (little endian) holds: the magic
+`MMIDIDX\\x00\\x00` (9 bytes), `<Q` version 1, `<B` dtype code, `<Q` number of sequences n, `<Q` number of
+document-index entries m, then `int32 sizes[n]`, `int64 pointers[n]` (byte offsets into the .bin) and
+`int64 doc_idx[m]`. The .bin is the raw token stream. In the Pythia Pile every sequence holds 2,049 tokens
+(GPT-NeoX-20B tokenizer, documents joined with EOD).
+
+`MMapTokens` memory-maps both files (nothing is read whole), validates the header and the table sizes against
+the file sizes, and returns sequence i as the tokens at pointers[i]. `TokenSequences` is the training view the
+CALD reference uses (lm/open_instruct/pile_dataset.py): sequences in index order, the first `seq_length`
+tokens of each, a contiguous range of them (the training budget, then held-out ranges after it). Its items
+are plain indices in order, so SpeechBrain's saveable dataloader resumes a killed run at the same sample.
+`write_mmap_tokens` writes the format (used to build test corpora; the layout is that of Megatron's
+`MMapIndexedDataset.Index.writer`).
+"""
+
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+DTYPES: dict[int, type[np.generic]] = {
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float32,
+    7: np.float64,
+    8: np.uint16,
+}
+HEADER_BYTES = len(MAGIC) + 8 + 1 + 8 + 8
+PILE_SEQ_LENGTH = 2049  # tokens per sequence of the Pythia pre-shuffled Pile
+
+
+class MMapFormatError(ValueError):
+    """An .idx/.bin pair that is not a valid MMIDIDX corpus (the message names the file and what is wrong)."""
+
+
+def corpus_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """(<prefix>.idx, <prefix>.bin); a prefix given with either suffix is accepted, as the reference does."""
+    prefix = str(prefix)
+    if prefix.endswith((".idx", ".bin")):
+        prefix = prefix[:-4]
+    return Path(prefix + ".idx"), Path(prefix + ".bin")
+
+
+def dtype_code(dtype: np.dtype | type) -> int:
+    """The MMIDIDX code of a numpy dtype."""
+    for code, candidate in DTYPES.items():
+        if np.dtype(candidate) == np.dtype(dtype):
+            return code
+    raise ValueError(f"dtype {np.dtype(dtype)} has no MMIDIDX code (known: {sorted(DTYPES.values())})")
+
+
+def write_mmap_tokens(
+    prefix: str | os.PathLike,
+    sequences: Sequence[np.ndarray],
+    dtype: np.dtype | type = np.uint16,
+    doc_idx: Sequence[int] | None = None,
+) -> tuple[Path, Path]:
+    """Write `sequences` (1-D token arrays) as <prefix>.idx / <prefix>.bin and return both paths.
+
+    doc_idx: the document index (default [0, 1, ..., n], one document per sequence, as Megatron writes for
+    pre-packed data). Tokens must fit `dtype` (uint16 for the Pythia Pile).
+    """
+    idx_path, bin_path = corpus_paths(prefix)
+    idx_path.parent.mkdir(parents=True, exist_ok=True)
+    info = np.iinfo(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else None
+    sizes = np.array([len(s) for s in sequences], dtype=np.int64)
+    with open(bin_path, "wb") as out:
+        for seq in sequences:
+            seq = np.asarray(seq)
+            if info is not None and seq.size and (seq.min() < info.min or seq.max() > info.max):
+                raise ValueError(f"token ids outside {np.dtype(dtype)} range [{info.min}, {info.max}]")
+            out.write(seq.astype(dtype).tobytes(order="C"))
+    pointers = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1] * np.dtype(dtype).itemsize, out=pointers[1:])
+    doc_idx = np.arange(len(sizes) + 1) if doc_idx is None else np.asarray(doc_idx)
+    with open(idx_path, "wb") as out:
+        out.write(MAGIC)
+        out.write(struct.pack("<Q", VERSION))
+        out.write(struct.pack("<B", dtype_code(dtype)))
+        out.write(struct.pack("<Q", len(sizes)))
+        out.write(struct.pack("<Q", len(doc_idx)))
+        out.write(sizes.astype(np.int32).tobytes(order="C"))
+        out.write(pointers.tobytes(order="C"))
+        out.write(doc_idx.astype(np.int64).tobytes(order="C"))
+    return idx_path, bin_path
+
+
+class MMapTokens:
+    """A memory-mapped MMIDIDX corpus: `len()` sequences, `self[i]` the (read-only) token array of sequence i.
+
+    The header is validated (magic, version, dtype code, table lengths against the .idx size, the last
+    sequence's end against the .bin size); any mismatch raises MMapFormatError naming the file.
+    """
+
+    def __init__(self, prefix: str | os.PathLike) -> None:
+        self.idx_path, self.bin_path = corpus_paths(prefix)
+        for path in (self.idx_path, self.bin_path):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} does not exist: data_prefix must name an MMIDIDX corpus "
+                    "<prefix>.idx + <prefix>.bin "
+                    "(e.g. /path/pile_pythia/document for document.idx and document.bin)"
+                )
+        self.dtype, count, docs = self._read_header()
+        self._index = np.memmap(self.idx_path, mode="r", dtype=np.uint8)
+        self.sizes = np.frombuffer(self._index, dtype=np.int32, count=count, offset=HEADER_BYTES)
+        self.pointers = np.frombuffer(
+            self._index, dtype=np.int64, count=count, offset=HEADER_BYTES + 4 * count
+        )
+        self.doc_idx = np.frombuffer(
+            self._index, dtype=np.int64, count=docs, offset=HEADER_BYTES + 12 * count
+        )
+        self._data = np.memmap(self.bin_path, mode="r", dtype=np.uint8)
+        if count:
+            end = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize
+            if end > self._data.size:
+                raise MMapFormatError(
+                    f"{self.bin_path} holds {self._data.size} bytes but {self.idx_path} points up to byte "
+                    f"{end}: "
+                    "the .bin is truncated or belongs to another index (a single shard needs its own .idx)"
+                )
+
+    def _read_header(self) -> tuple[np.dtype, int, int]:
+        size = self.idx_path.stat().st_size
+        with open(self.idx_path, "rb") as f:
+            header = f.read(HEADER_BYTES)
+        if len(header) < HEADER_BYTES or header[: len(MAGIC)] != MAGIC:
+            raise MMapFormatError(
+                f"{self.idx_path} is not an MMIDIDX index (its first bytes are {header[:9]!r}, expected "
+                f"{MAGIC!r}); give the .idx of a Megatron memory-mapped dataset (mmap impl, not "
+                "'cached'/'lazy')"
+            )
+        version, code, count, docs = struct.unpack("<QBQQ", header[len(MAGIC) :])
+        if version != VERSION:
+            raise MMapFormatError(
+                f"{self.idx_path}: MMIDIDX version {version}, only version {VERSION} is supported"
+            )
+        if code not in DTYPES:
+            raise MMapFormatError(f"{self.idx_path}: unknown dtype code {code} (known: {sorted(DTYPES)})")
+        expected = HEADER_BYTES + 12 * count + 8 * docs
+        if size != expected:
+            raise MMapFormatError(
+                f"{self.idx_path} holds {size} bytes but its header ({count} sequences, {docs} document "
+                f"entries) needs {expected}: the index is truncated or corrupt"
+            )
+        return np.dtype(DTYPES[code]), count, docs
+
+    def __getstate__(self) -> dict:
+        """Pickled (dataloader workers under spawn) as its path: a memmap would pickle its whole content."""
+        return {"prefix": str(self.idx_path)[:-4]}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["prefix"])
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sequence {i} out of range: {self.idx_path} holds {len(self)}")
+        return np.frombuffer(
+            self._data, dtype=self.dtype, count=int(self.sizes[i]), offset=int(self.pointers[i])
+        )
+
+
+class TokenSequences(Dataset):
+    """Sequences start, start + 1, ..., start + count - 1 of an MMIDIDX corpus, in index order (the
+    reference's order: no shuffling, the Pythia Pile is pre-shuffled), each cut to `seq_length` tokens.
+
+    Items are {"id": "seq<i>", "input_ids": LongTensor(seq_length)}. count None: up to the end of the corpus.
+    Every selected sequence must hold at least `seq_length` tokens (checked at construction).
+    """
+
+    def __init__(
+        self,
+        corpus: MMapTokens | str | os.PathLike,
+        start: int = 0,
+        count: int | None = None,
+        seq_length: int = PILE_SEQ_LENGTH,
+    ) -> None:
+        self.corpus = corpus if isinstance(corpus, MMapTokens) else MMapTokens(corpus)
+        total = len(self.corpus)
+        count = total - start if count is None else int(count)
+        if start < 0 or count <= 0 or start + count > total:
+            raise ValueError(
+                f"{self.corpus.idx_path} holds {total} sequences; sequences {start}..{start + count - 1} "
+                "were "
+                "asked for (check max_train_samples, valid_samples and test_samples against the corpus)"
+            )
+        self.start, self.count, self.seq_length = int(start), count, int(seq_length)
+        short = np.flatnonzero(self.corpus.sizes[start : start + count] < seq_length)
+        if short.size:
+            raise MMapFormatError(
+                f"{self.corpus.idx_path}: sequence {start + int(short[0])} has "
+                f"{int(self.corpus.sizes[start + short[0]])} tokens, fewer than seq_length={seq_length} "
+                f"({short.size} such sequences in the selected range)"
+            )
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.count:
+            raise IndexError(f"item {i} out of range ({self.count} sequences)")
+        index = self.start + i
+        tokens = self.corpus[index][: self.seq_length]
+        return {"id": f"seq{index}", "input_ids": torch.from_numpy(tokens.astype(np.int64))}

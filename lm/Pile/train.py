@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Pythia -> Mamba on the Pile with CALD: every attention of a pretrained GPT-NeoX replaced by a Mamba mixer,
+trained on next-token prediction, guided (target) by the frozen pretrained model itself or not (unguided),
+or guided for the first 40 % of the steps (hybrid).
+
+    python lm/Pile/train.py hparams/mamba_target.yaml --data_prefix=/path/pile_pythia/document \\
+        --pretrained_source=EleutherAI/pythia-1b
+
+Data: the Pythia pre-shuffled Pile in Megatron's MMIDIDX format, read in index order (cald_brain.data.
+mmap_tokens): the first `max_train_samples` sequences train, the next `valid_samples` validate (perplexity,
+best checkpoint), the next `test_samples` test. At the end the best student is exported in Hugging Face format
+to <output_folder>/student (loadable with cald_brain.load_student).
+"""
+
+import json
+import math
+import os
+
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from cald_brain.brain import CALDBrain, ModelOutputs
+from cald_brain.data.mmap_tokens import MMapTokens, TokenSequences
+from cald_brain.recipe import RecipeError, start_recipe
+
+RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
+LM_MODES = ("unguided", "target", "hybrid")
+
+
+class LM(CALDBrain):
+    """Next-token prediction; student and teacher are cald_brain.models.CausalLM networks. As the reference,
+    each 2,049-token sequence gives 2,048 inputs and the 2,048 next tokens as targets."""
+
+    def forward_model(self, model, batch, stage) -> ModelOutputs:
+        return model(batch["input_ids"][:, :-1])
+
+    def task_loss(self, outputs: ModelOutputs, batch, stage) -> torch.Tensor:
+        targets = batch["input_ids"][:, 1:]
+        return F.cross_entropy(outputs.logits.flatten(0, 1).float(), targets.flatten())
+
+    def update_metrics(self, outputs: ModelOutputs, batch, stage) -> None:
+        targets = batch["input_ids"][:, 1:]
+        nll = F.cross_entropy(outputs.logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+        self.nll_sum += nll.item()
+        self.token_count += targets.numel()
+
+    def on_stage_start(self, stage, epoch=None) -> None:
+        self.nll_sum, self.token_count = 0.0, 0
+
+    def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
+        stage_stats = self.stage_stats(stage, stage_loss)
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stage_stats
+            return
+        stage_stats["perplexity"] = math.exp(self.nll_sum / self.token_count)
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                stats_meta={
+                    "epoch": epoch,
+                    "steps": self.optimizer_step,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                },
+                train_stats=self.train_stats,
+                valid_stats=stage_stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"perplexity": stage_stats["perplexity"]},
+                min_keys=["perplexity"],
+                num_to_keep=self.hparams.checkpoints_to_keep,
+            )
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stage_stats
+            )
+            if if_main_process():
+                with open(self.hparams.test_metrics_file, "w", encoding="utf-8") as w:
+                    json.dump({"perplexity": stage_stats["perplexity"], "loss": stage_loss}, w)
+
+
+def datasets(hparams: dict) -> dict[str, TokenSequences]:
+    """Train / valid / test as consecutive ranges of the corpus in index order (the reference trains on the
+    first max_train_samples sequences; validation and test take the sequences right after them)."""
+    corpus = MMapTokens(hparams["data_prefix"])
+    sizes = {
+        "train": hparams["max_train_samples"],
+        "valid": hparams["valid_samples"],
+        "test": hparams["test_samples"],
+    }
+    if any(n is None or n <= 0 for n in sizes.values()):
+        raise RecipeError(f"max_train_samples, valid_samples and test_samples must be > 0, got {sizes}")
+    if sum(sizes.values()) > len(corpus):
+        raise RecipeError(
+            f"{corpus.idx_path} holds {len(corpus)} sequences, fewer than max_train_samples + "
+            "valid_samples + "
+            f"test_samples = {sum(sizes.values())}: lower them"
+        )
+    start, found = 0, {}
+    for split, count in sizes.items():
+        found[split] = TokenSequences(corpus, start, count, hparams["seq_length"])
+        start += count
+    return found
+
+
+def write_pretrained_teacher(hparams: dict) -> None:
+    """The frozen teacher of target / hybrid guidance is the pretrained model itself: its state dict is
+    written once to teacher_path (the file form cald_brain's FrozenTeacher loads), atomically."""
+    path = hparams["teacher_path"]
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        torch.save(hparams["teacher_net"].state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+
+def main() -> None:
+    hparams, run_opts, hparams_file = start_recipe(RECIPE_DIR)
+    mode = hparams.get("guidance_mode", "unguided")
+    if mode not in LM_MODES:
+        raise RecipeError(
+            f"{hparams_file}: guidance_mode={mode} does not apply to the LM recipe. Trajectory and waypoint "
+            "guidance follow a teacher being fine-tuned on the task; here the teacher is the already "
+            f"pretrained Pythia, so use one of {', '.join(LM_MODES)} (target: the pretrained model is the "
+            "target)"
+        )
+    data = datasets(hparams)
+    if mode != "unguided":
+        run_on_main(write_pretrained_teacher, args=[hparams])
+
+    lm = LM(
+        modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
+    )
+    lm.fit(
+        lm.hparams.epoch_counter,
+        data["train"],
+        data["valid"],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    lm.evaluate(data["test"], min_key="perplexity", test_loader_kwargs=hparams["test_dataloader_opts"])
+    if if_main_process():
+        export = hparams["export_folder"]
+        lm.student.model.save_pretrained(export)
+        hparams["tokenizer"].save_pretrained(export)
+
+
+if __name__ == "__main__":
+    main()
