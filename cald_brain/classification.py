@@ -73,8 +73,8 @@ class ClassificationStats:
 class UtteranceClassifier(CALDBrain):
     """One label per utterance from a pooled `cald_brain.models.SpeechModel` (teacher and student alike).
 
-    Batches carry ``sig`` (waveforms, relative lengths), ``label`` (class index) and ``loss_units`` (see
-    `cross_entropy_per_unit`). Dev accuracy (``ACC``) picks the best checkpoint; the test stage writes
+    Batches carry ``sig`` (waveforms, relative lengths), ``label`` (class indices) and ``loss_units`` (see
+    `cross_entropy_per_unit`), the last two as plain lists (SpeechBrain pads tensors, not numbers). Dev accuracy (``ACC``) picks the best checkpoint; the test stage writes
     ``test_predictions_file`` and ``test_metrics_file`` (hparams keys).
     """
 
@@ -87,10 +87,12 @@ class UtteranceClassifier(CALDBrain):
         return model(*batch.sig)
 
     def task_loss(self, outputs: ModelOutputs, batch, stage) -> torch.Tensor:
-        return cross_entropy_per_unit(outputs.logits, batch.label, batch.loss_units)
+        device = outputs.logits.device
+        targets = torch.as_tensor(batch.label, device=device)
+        return cross_entropy_per_unit(outputs.logits, targets, torch.as_tensor(batch.loss_units, device=device))
 
     def update_metrics(self, outputs: ModelOutputs, batch, stage) -> None:
-        self.stats.append(batch.id, outputs.logits, batch.label)
+        self.stats.append(batch.id, outputs.logits, torch.as_tensor(batch.label))
 
     def on_stage_start(self, stage, epoch=None) -> None:
         if stage != sb.Stage.TRAIN:
@@ -124,18 +126,18 @@ class UtteranceClassifier(CALDBrain):
 
 
 def label_pipeline(labels: Sequence[str], label_key: str, label_file: str | Path) -> Callable:
-    """Dynamic item: manifest column ``label_key`` -> ``label`` (class index as a 0-d long tensor)."""
+    """Dynamic item: manifest column ``label_key`` -> ``label`` (the class index, an int)."""
     index = {label: i for i, label in enumerate(labels)}
 
     @sb.utils.data_pipeline.takes(label_key)
     @sb.utils.data_pipeline.provides("label")
-    def encode(value: str) -> torch.Tensor:
+    def encode(value: str) -> int:
         if value not in index:
             raise KeyError(
                 f"{label_key} {value!r} is not in {label_file}: the manifests and the label file come from "
                 "different preparations; prepare again into a fresh save_folder"
             )
-        return torch.tensor(index[value])
+        return index[value]
 
     return encode
 
@@ -177,3 +179,28 @@ def classification_datasets(
     sb.dataio.dataset.add_dynamic_item(items, units_item)
     sb.dataio.dataset.set_output_keys(items, ["id", "sig", "label", "loss_units"])
     return datasets, labels
+
+
+def train_and_test(hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]) -> UtteranceClassifier:
+    """Fit on train (dev accuracy picks the best checkpoint), then test that checkpoint. The train loader is
+    the hparams' ``train_sampler`` (batches by total duration) with ``num_workers``; dev and test use
+    ``valid_dataloader_opts`` / ``test_dataloader_opts``."""
+    brain = UtteranceClassifier(
+        labels=labels,
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["dev"],
+        train_loader_kwargs={
+            "batch_sampler": hparams["train_sampler"](datasets["train"]),
+            "num_workers": hparams["num_workers"],
+        },
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    brain.evaluate(datasets["test"], max_key="ACC", test_loader_kwargs=hparams["test_dataloader_opts"])
+    return brain

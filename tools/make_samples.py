@@ -518,7 +518,7 @@ def _slurp_audio(text: str, voice: Voice, far_field: bool, rng: np.random.Genera
 
 def _slurp_readme(stats: list[str]) -> str:
     intents = "\n".join(
-        f"  {s.scenario + '_' + s.action:16s} (jsonl intent field {s.intent_field}): {' | '.join(s.templates)}"
+        f"  {s.scenario + '_' + s.action:16s} (jsonl field {s.intent_field}): {' | '.join(s.templates)}"
         for s in SLURP_INTENTS
     )
     summary = "\n".join(f"  {line}" for line in stats)
@@ -682,7 +682,7 @@ Speakers (espeak-ng voices; sentences: english_sentences() positions {first}..{s
 {VOXCELEB_MAX_WORDS} words), {VOXCELEB_VIDEOS} videos each with their own gain and noise floor:
 {speakers}
 
-Sizes: {counts[1]} train / {counts[2]} dev / {counts[3]} test utterances listed, {seconds:.1f} s of audio in all.
+Sizes: {counts[1]} train / {counts[2]} dev / {counts[3]} test utterances listed, {seconds:.1f} s of audio.
 """
     )
     print((out / "README").read_text())
