@@ -89,7 +89,9 @@ class UtteranceClassifier(CALDBrain):
     def task_loss(self, outputs: ModelOutputs, batch, stage) -> torch.Tensor:
         device = outputs.logits.device
         targets = torch.as_tensor(batch.label, device=device)
-        return cross_entropy_per_unit(outputs.logits, targets, torch.as_tensor(batch.loss_units, device=device))
+        return cross_entropy_per_unit(
+            outputs.logits, targets, torch.as_tensor(batch.loss_units, device=device)
+        )
 
     def update_metrics(self, outputs: ModelOutputs, batch, stage) -> None:
         self.stats.append(batch.id, outputs.logits, torch.as_tensor(batch.label))
@@ -181,7 +183,9 @@ def classification_datasets(
     return datasets, labels
 
 
-def train_and_test(hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]) -> UtteranceClassifier:
+def train_and_test(
+    hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]
+) -> UtteranceClassifier:
     """Fit on train (dev accuracy picks the best checkpoint), then test that checkpoint. The train loader is
     the hparams' ``train_sampler`` (batches by total duration) with ``num_workers``; dev and test use
     ``valid_dataloader_opts`` / ``test_dataloader_opts``."""

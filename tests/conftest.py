@@ -14,6 +14,8 @@ from cald_brain.scripts import load_script
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "tests" / "samples"
 TEDLIUM_SAMPLE = SAMPLES / "TEDLIUM_release-3"
+SLURP_SAMPLE = SAMPLES / "SLURP"
+VOXCELEB1_SAMPLE = SAMPLES / "VoxCeleb1"
 TINY_WAV2VEC2 = SAMPLES / "models" / "tiny-wav2vec2"
 
 
