@@ -74,8 +74,9 @@ class UtteranceClassifier(CALDBrain):
     """One label per utterance from a pooled `cald_brain.models.SpeechModel` (teacher and student alike).
 
     Batches carry ``sig`` (waveforms, relative lengths), ``label`` (class indices) and ``loss_units`` (see
-    `cross_entropy_per_unit`), the last two as plain lists (SpeechBrain pads tensors, not numbers). Dev accuracy (``ACC``) picks the best checkpoint; the test stage writes
-    ``test_predictions_file`` and ``test_metrics_file`` (hparams keys).
+    `cross_entropy_per_unit`), the last two as plain lists (SpeechBrain pads tensors, not numbers). Dev
+    accuracy (``ACC``) picks the best checkpoint; the test stage writes ``test_predictions_file`` and
+    ``test_metrics_file`` (hparams keys).
     """
 
     def __init__(self, labels: Sequence[str], **kwargs: Any) -> None:
