@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -70,3 +73,28 @@ def fix_labels(path: Path, labels: Sequence[str], what: str) -> None:
             "intended."
         )
     write_atomic(path, "".join(f"{label}\n" for label in labels))
+
+
+def write_labelled_manifests(
+    save_folder: Path,
+    columns: Sequence[str],
+    split_rows: dict[str, list[dict[str, str]]],
+    label_key: str,
+    label_file: str,
+    what: str,
+    options_path: Path,
+    options: dict,
+) -> None:
+    """The outputs of a classification preparation: the label set of every split's rows (column
+    ``label_key``, sorted) fixed in ``save_folder/label_file`` (`fix_labels`: an error before anything is
+    written if it would change), one ``<split>.csv`` per split, then the "prepared" marker."""
+    save_folder.mkdir(parents=True, exist_ok=True)
+    options_path.unlink(missing_ok=True)  # written last: its presence marks a complete preparation
+    labels = sorted({row[label_key] for rows in split_rows.values() for row in rows})
+    fix_labels(save_folder / label_file, labels, what)
+    for split, rows in split_rows.items():
+        write_csv_atomic(save_folder / f"{split}.csv", columns, rows)
+        hours = sum(float(row["duration"]) for row in rows) / 3600
+        logger.info("%s.csv: %d rows, %.2f h", split, len(rows), hours)
+    logger.info("%d %s labels in %s", len(labels), what, save_folder / label_file)
+    mark_prepared(options_path, options)

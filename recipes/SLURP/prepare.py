@@ -33,7 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cald_brain.data.audio import audio_info
-from cald_brain.data.manifests import fix_labels, is_prepared, mark_prepared, write_csv_atomic
+from cald_brain.data.manifests import is_prepared, write_labelled_manifests
 
 logger = logging.getLogger(__name__)
 
@@ -180,16 +180,9 @@ def prepare_slurp(data_folder: str | Path, save_folder: str | Path, skip_prep: b
                     )
             if not split_rows[split]:
                 raise ValueError(f"No recording for the {split} split in {annotations}")
-    save_folder.mkdir(parents=True, exist_ok=True)
-    options_path.unlink(missing_ok=True)  # written last: its presence marks a complete preparation
-    intents = sorted({row["intent"] for rows in split_rows.values() for row in rows})
-    fix_labels(save_folder / LABEL_FILE, intents, "intent")
-    for split, rows in split_rows.items():
-        write_csv_atomic(save_folder / f"{split}.csv", CSV_COLUMNS, rows)
-        hours = sum(float(row["duration"]) for row in rows) / 3600
-        logger.info("%s.csv: %d recordings, %.2f h", split, len(rows), hours)
-    logger.info("%d intents in %s", len(intents), save_folder / LABEL_FILE)
-    mark_prepared(options_path, options)
+    write_labelled_manifests(
+        save_folder, CSV_COLUMNS, split_rows, "intent", LABEL_FILE, "intent", options_path, options
+    )
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cald_brain.data.audio import audio_info
-from cald_brain.data.manifests import fix_labels, is_prepared, mark_prepared, write_csv_atomic
+from cald_brain.data.manifests import is_prepared, write_labelled_manifests
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +126,10 @@ def prepare_voxceleb1(
     for split, split_rows in rows.items():
         if not split_rows:
             raise ValueError(f"{split_path} lists no file for the {split} split")
-    save_folder.mkdir(parents=True, exist_ok=True)
-    options_path.unlink(missing_ok=True)  # written last: its presence marks a complete preparation
-    speakers = sorted({relative.split("/")[0] for _, _, relative in entries})
-    fix_labels(save_folder / LABEL_FILE, speakers, "speaker")
-    for split, split_rows in rows.items():
-        write_csv_atomic(save_folder / f"{split}.csv", CSV_COLUMNS, split_rows)
-        hours = sum(float(row["duration"]) for row in split_rows) / 3600
-        logger.info("%s.csv: %d utterances, %.2f h", split, len(split_rows), hours)
-    logger.info("%d speakers in %s", len(speakers), save_folder / LABEL_FILE)
-    mark_prepared(options_path, options)
+    # every listed file is a row, so the speaker set is the split file's
+    write_labelled_manifests(
+        save_folder, CSV_COLUMNS, rows, "spk_id", LABEL_FILE, "speaker", options_path, options
+    )
 
 
 def main() -> None:
