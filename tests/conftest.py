@@ -6,6 +6,8 @@ table-driven recipe smoke runs and the hparams agreement check), tools/ (the scr
 modules import these names with `from conftest import ...` (pytest puts this folder on sys.path).
 """
 
+import filecmp
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -17,6 +19,19 @@ TEDLIUM_SAMPLE = SAMPLES / "TEDLIUM_release-3"
 SLURP_SAMPLE = SAMPLES / "SLURP"
 VOXCELEB1_SAMPLE = SAMPLES / "VoxCeleb1"
 TINY_WAV2VEC2 = SAMPLES / "models" / "tiny-wav2vec2"
+
+
+def assert_same_tree(made: Path, committed: Path) -> None:
+    """Every file of `committed` is in `made` with the same bytes (links: the same target), and no more."""
+    for path in sorted(committed.rglob("*")):
+        twin = made / path.relative_to(committed)
+        if path.is_symlink():
+            assert os.readlink(twin) == os.readlink(path), path
+        elif path.is_file():
+            assert filecmp.cmp(path, twin, shallow=False), f"{path} differs"
+    assert sorted(p.relative_to(made) for p in made.rglob("*")) == sorted(
+        p.relative_to(committed) for p in committed.rglob("*")
+    )
 
 
 def load_repo_script(relative_path: str, name: str) -> ModuleType:

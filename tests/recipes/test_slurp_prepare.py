@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SLURP_SAMPLE as SAMPLE
-from conftest import load_repo_script
+from conftest import assert_same_tree, load_repo_script
 
 prepare = load_repo_script("recipes/SLURP/prepare.py", "slurp_prepare")
 
@@ -166,3 +166,12 @@ def test_runs_alone_from_the_command_line(tmp_path):
     cmd = [sys.executable, str(script), "--data_folder", str(SAMPLE), "--save_folder", str(tmp_path)]
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     assert len(_read_csv(tmp_path / "dev.csv")) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_regenerating_gives_the_committed_sample(tmp_path):
+    """Fails when tools/make_samples.py, the docstrings it reads or espeak-ng changed since the sample."""
+    make_samples = load_repo_script("tools/make_samples.py", "make_samples")
+    make_samples.build_slurp(tmp_path / "SLURP")
+    assert_same_tree(tmp_path / "SLURP", SAMPLE)

@@ -4,11 +4,12 @@ tools/make_samples.py)."""
 import csv
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from conftest import VOXCELEB1_SAMPLE as SAMPLE
-from conftest import load_repo_script
+from conftest import assert_same_tree, load_repo_script
 
 prepare = load_repo_script("recipes/VoxCeleb1/prepare.py", "voxceleb1_prepare")
 
@@ -120,3 +121,12 @@ def test_second_preparation_is_skipped(tmp_path):
     stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     prepare.prepare_voxceleb1(SAMPLE, tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_regenerating_gives_the_committed_sample(tmp_path):
+    """Fails when tools/make_samples.py, the docstrings it reads or espeak-ng changed since the sample."""
+    make_samples = load_repo_script("tools/make_samples.py", "make_samples")
+    make_samples.build_voxceleb1(tmp_path / "VoxCeleb1")
+    assert_same_tree(tmp_path / "VoxCeleb1", SAMPLE)
