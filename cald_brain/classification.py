@@ -22,6 +22,7 @@ from speechbrain.utils.distributed import if_main_process
 from cald_brain.brain import CALDBrain, ModelOutputs
 from cald_brain.data.audio import audio_pipeline
 from cald_brain.data.manifests import read_labels
+from cald_brain.recipe import RecipeError
 
 SPLITS = ("train", "dev", "test")
 
@@ -148,8 +149,6 @@ def label_pipeline(labels: Sequence[str], label_key: str, label_file: str | Path
 def check_num_classes(labels: Sequence[str], num_classes: int, key: str, label_file: str | Path) -> None:
     """The head size in the hparams must match the prepared label set."""
     if len(labels) != num_classes:
-        from cald_brain.recipe import RecipeError
-
         raise RecipeError(
             f"{key} is {num_classes} but {label_file} lists {len(labels)} classes: set --{key}={len(labels)}"
         )

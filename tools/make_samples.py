@@ -170,7 +170,7 @@ def english_sentences(n: int, seed: int, skip: int = 0) -> list[str]:
     return sentences
 
 
-# Subcommand name -> builder(out_dir); each corpus section below registers its own (slurp, voxceleb1 later).
+# Subcommand name -> builder(out_dir); each corpus section below registers its own.
 BUILDERS: dict[str, Callable[[Path], None]] = {}
 
 

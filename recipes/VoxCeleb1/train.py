@@ -11,6 +11,7 @@ the VoxCeleb1 manifests.
 """
 
 import os
+from collections.abc import Callable
 
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
@@ -24,7 +25,7 @@ RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 prepare = load_recipe_module(RECIPE_DIR, "prepare")
 
 
-def constant_units(units: float):
+def constant_units(units: float) -> Callable:
     """Loss units per utterance: a constant (the reference's placeholder label "123" counts 3; see
     cald_brain.classification.cross_entropy_per_unit)."""
 
