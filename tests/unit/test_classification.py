@@ -45,3 +45,12 @@ def test_label_set_is_fixed_once_written(tmp_path):
     with pytest.raises(ValueError, match=r"added \['c'\], missing \[\]"):
         fix_labels(path, ["a", "b", "c"], "intent")
     assert read_labels(path) == ["a", "b"]
+
+
+def test_head_size_must_match_the_prepared_labels():
+    from cald_brain.classification import check_num_classes
+    from cald_brain.recipe import RecipeError
+
+    check_num_classes(["a", "b"], 2, "num_intents", "intents.txt")
+    with pytest.raises(RecipeError, match=r"num_intents is 69 but intents\.txt lists 2 .* --num_intents=2"):
+        check_num_classes(["a", "b"], 69, "num_intents", "intents.txt")
