@@ -6,6 +6,7 @@ table-driven recipe smoke runs and the hparams agreement check), tools/ (the scr
 modules import these names with `from conftest import ...` (pytest puts this folder on sys.path).
 """
 
+import filecmp
 import os
 import shutil
 from pathlib import Path
@@ -16,11 +17,26 @@ from cald_brain.scripts import load_script
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "tests" / "samples"
 TEDLIUM_SAMPLE = SAMPLES / "TEDLIUM_release-3"
+SLURP_SAMPLE = SAMPLES / "SLURP"
+VOXCELEB1_SAMPLE = SAMPLES / "VoxCeleb1"
 TINY_WAV2VEC2 = SAMPLES / "models" / "tiny-wav2vec2"
 # The TED-LIUM recipe's defaults are the reference's full-scale schedule (bf16; 18-24 utterances per
 # micro-batch, 3-4 micro-batches per optimizer step); on the sample, on CPU, every test run sizes it so
 # (recipes/TEDLIUM/README.md, "Try it on the sample").
 TEDLIUM_SAMPLE_OVERRIDES = ("--batch_size=2", "--grad_accumulation_factor=1", "--precision=fp32")
+
+
+def assert_same_tree(made: Path, committed: Path) -> None:
+    """Every file of `committed` is in `made` with the same bytes (links: the same target), and no more."""
+    for path in sorted(committed.rglob("*")):
+        twin = made / path.relative_to(committed)
+        if path.is_symlink():
+            assert os.readlink(twin) == os.readlink(path), path
+        elif path.is_file():
+            assert filecmp.cmp(path, twin, shallow=False), f"{path} differs"
+    assert sorted(p.relative_to(made) for p in made.rglob("*")) == sorted(
+        p.relative_to(committed) for p in committed.rglob("*")
+    )
 
 
 def load_repo_script(relative_path: str, name: str) -> ModuleType:

@@ -9,6 +9,8 @@ twice gives byte-identical files (for the same Python and espeak-ng versions, wh
 Usage::
 
     python tools/make_samples.py tedlium --out tests/samples/TEDLIUM_release-3
+    python tools/make_samples.py slurp --out tests/samples/SLURP
+    python tools/make_samples.py voxceleb1 --out tests/samples/VoxCeleb1
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import importlib
 import inspect
 import io
+import json
 import random
 import re
 import shutil
@@ -167,7 +170,7 @@ def english_sentences(n: int, seed: int, skip: int = 0) -> list[str]:
     return sentences
 
 
-# Subcommand name -> builder(out_dir); each corpus section below registers its own (slurp, voxceleb1 later).
+# Subcommand name -> builder(out_dir); each corpus section below registers its own.
 BUILDERS: dict[str, Callable[[Path], None]] = {}
 
 
@@ -375,11 +378,12 @@ def _symlink(target: Path, link: Path) -> None:
     link.symlink_to(Path("..", "..", "..", *target.parts[-3:]))
 
 
-def _prepare_out_dir(out: Path) -> None:
-    """Empty ``out`` for a rebuild, refusing to delete anything that is not a sample made here."""
+def _prepare_out_dir(out: Path, marker: str = README_MARKER) -> None:
+    """Empty ``out`` for a rebuild, refusing to delete anything that is not a sample made here (its README
+    starts with ``marker``)."""
     if out.exists() and any(out.iterdir()):
         readme = out / "README"
-        if not readme.is_file() or not readme.read_text().startswith(README_MARKER):
+        if not readme.is_file() or not readme.read_text().startswith(marker):
             raise FileExistsError(
                 f"{out} exists and is not a sample made by this tool; remove it or pick --out"
             )
@@ -417,6 +421,274 @@ def build_tedlium(out: Path) -> None:
 
 
 BUILDERS["tedlium"] = build_tedlium
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SLURP (spoken language understanding: intent classification)
+# ----------------------------------------------------------------------------------------------------------
+
+SLURP_SEED = 2020  # year of the SLURP release
+SLURP_README_MARKER = "Synthetic miniature of SLURP"
+SLURP_TIMESTAMP0 = 1490000000  # real file names are audio-<unix time>[-headset].flac
+SLURP_SPEEDUP = 25  # words per minute over each voice's speed: commands are short, the sample stays small
+
+
+@dataclass(frozen=True)
+class IntentSpec:
+    """One intent of the mini SLURP: its scenario and action, the jsonl's own `intent` field (which is not
+    always scenario_action in the real corpus) and command templates whose {slot} names the entity type."""
+
+    scenario: str
+    action: str
+    intent_field: str
+    templates: tuple[str, ...]
+
+
+# A handful of intents with distinct wording, so that a tiny model can learn them from a few recordings.
+SLURP_INTENTS: tuple[IntentSpec, ...] = (
+    IntentSpec(
+        "iot",
+        "hue_lightup",
+        "hue_lightup",  # as slurp_id 962 of the real test set: the field lacks the scenario
+        ("turn the lights up in the {house_place}", "make the {house_place} brighter"),
+    ),
+    IntentSpec("alarm", "set", "alarm_set", ("set an alarm for {time}", "wake me up at {time}")),
+    IntentSpec("weather", "query", "weather_query", ("what is the weather {date}", "will it rain {date}")),
+    IntentSpec(
+        "play", "music", "play_music", ("play some {music_genre} music", "put on {music_genre} songs")
+    ),
+    IntentSpec(
+        "calendar",
+        "set",
+        "calendar_set",
+        ("remind me about the {event_name} {date}", "add the {event_name} to my calendar"),
+    ),
+)
+SLURP_SLOTS: dict[str, tuple[str, ...]] = {
+    "house_place": ("kitchen", "bedroom", "living room", "hallway"),
+    "time": ("seven am", "six thirty", "noon", "nine pm"),
+    "date": ("today", "tomorrow", "on friday", "this weekend"),
+    "music_genre": ("jazz", "rock", "classical", "country"),
+    "event_name": ("dentist", "team meeting", "birthday party", "yoga class"),
+}
+# (jsonl file, records per intent, recordings per record: 2 = headset + far-field, 1 = alternating)
+SLURP_SPLITS: tuple[tuple[str, int, int], ...] = (
+    ("train.jsonl", 3, 2),
+    ("train_synthetic.jsonl", 1, 1),
+    ("devel.jsonl", 2, 1),
+    ("test.jsonl", 2, 1),
+)
+
+
+def _slurp_command(spec: IntentSpec, rng: random.Random) -> tuple[str, str, list[str], list[dict]]:
+    """A command of intent `spec`: sentence, annotated sentence, tokens and entity spans."""
+    template = rng.choice(spec.templates)
+    words: list[str] = []
+    annotated: list[str] = []
+    entities: list[dict] = []
+    for piece in template.split():
+        match = re.fullmatch(r"\{(\w+)\}", piece)
+        if match is None:
+            words.append(piece)
+            annotated.append(piece)
+            continue
+        slot = match.group(1)
+        value = rng.choice(SLURP_SLOTS[slot]).split()
+        entities.append({"span": list(range(len(words), len(words) + len(value))), "type": slot})
+        words.extend(value)
+        annotated.append(f"[{slot} : {' '.join(value)}]")
+    return " ".join(words), " ".join(annotated), words, entities
+
+
+def _slurp_audio(text: str, voice: Voice, far_field: bool, rng: np.random.Generator) -> np.ndarray:
+    """A headset recording (close, quiet floor) or a far-field one (fainter, an echo, more noise)."""
+    speech = _trim(synthesize(text, voice.voice, voice.speed + SLURP_SPEEDUP, voice.pitch, SAMPLE_RATE))
+    speech = speech / np.abs(speech).max()
+    pad = np.zeros(SAMPLE_RATE // 10, np.float32)
+    if far_field:
+        delay = SAMPLE_RATE // 25
+        echo = np.concatenate([np.zeros(delay, np.float32), speech[:-delay]])
+        audio, floor = 0.2 * (speech + 0.4 * echo), 0.01
+    else:
+        audio, floor = 0.5 * speech, 0.002
+    audio = np.concatenate([pad, audio, pad])
+    audio += floor * rng.standard_normal(len(audio)).astype(np.float32)
+    return np.clip(audio, -1.0, 1.0)
+
+
+def _slurp_readme(stats: list[str]) -> str:
+    intents = "\n".join(
+        f"  {s.scenario + '_' + s.action:16s} (jsonl field {s.intent_field}): {' | '.join(s.templates)}"
+        for s in SLURP_INTENTS
+    )
+    summary = "\n".join(f"  {line}" for line in stats)
+    return f"""{SLURP_README_MARKER}, generated by tools/make_samples.py (do not edit by hand).
+
+Layout as users have it: the two audio archives unpacked into slurp_real/ and slurp_synth/, and the SLURP
+repository cloned inside (slurp/dataset/slurp/{{train,train_synthetic,devel,test}}.jsonl). Each jsonl line
+has the real fields (slurp_id, sentence, sentence_annotation, intent, action, tokens, scenario, recordings,
+entities). Real recordings come as audio-<time>-headset.flac (close talk) and audio-<time>.flac (far field:
+fainter, with an echo and more noise); synthetic ones are audio-<time>.flac in slurp_synth/.
+
+Quirks kept from the real corpus: the `intent` field of the iot records is `hue_lightup`, not
+`iot_hue_lightup` (as slurp_id 962); the first training record lists one recording twice.
+
+Audio: espeak-ng speech (voices of SPEAKER_VOICES as speakers), FLAC, 16 kHz, 16-bit, mono.
+Intents (templated commands; slot values drawn with seed {SLURP_SEED}):
+{intents}
+
+Sizes:
+{summary}
+"""
+
+
+def build_slurp(out: Path) -> None:
+    """Write the mini SLURP into ``out`` (typically tests/samples/SLURP)."""
+    _prepare_out_dir(out, SLURP_README_MARKER)
+    rng = random.Random(SLURP_SEED)
+    noise_rng = np.random.default_rng(SLURP_SEED)
+    meta_dir = out / "slurp" / "dataset" / "slurp"
+    meta_dir.mkdir(parents=True)
+    timestamp, slurp_id, voice_index = SLURP_TIMESTAMP0, 1000, 0
+    stats = []
+    for jsonl, per_intent, recordings_per_record in SLURP_SPLITS:
+        synthetic = jsonl == "train_synthetic.jsonl"
+        audio_dir = out / ("slurp_synth" if synthetic else "slurp_real")
+        audio_dir.mkdir(exist_ok=True)
+        lines, n_files, seconds = [], 0, 0.0
+        for k in range(per_intent):
+            for spec in SLURP_INTENTS:
+                sentence, annotated, words, entities = _slurp_command(spec, rng)
+                slurp_id += 1 + rng.randrange(5)
+                if jsonl == "test.jsonl" and spec.scenario == "iot" and k == 0:
+                    slurp_id_field, sentence = 962, "increase the brightness of the lights"
+                    annotated, words, entities = sentence, sentence.split(), []
+                else:
+                    slurp_id_field = slurp_id
+                recordings = []
+                for r in range(recordings_per_record):
+                    timestamp += 37 + rng.randrange(500)
+                    far_field = synthetic or (r == 1 if recordings_per_record == 2 else k % 2 == 1)
+                    name = f"audio-{timestamp}{'' if far_field else '-headset'}.flac"
+                    voice = SPEAKER_VOICES[voice_index % len(SPEAKER_VOICES)]
+                    voice_index += 1
+                    if synthetic:
+                        audio = _slurp_audio(sentence, voice, False, noise_rng)
+                    else:
+                        audio = _slurp_audio(sentence, voice, far_field, noise_rng)
+                    sf.write(audio_dir / name, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+                    n_files += 1
+                    seconds += len(audio) / SAMPLE_RATE
+                    wer = 0.0 if r == 0 else round(rng.uniform(0.0, 0.3), 2)
+                    recordings.append({"file": name, "wer": wer, "ent_wer": None, "status": "correct"})
+                if jsonl == "train.jsonl" and len(lines) == 0:
+                    recordings.append(dict(recordings[0]))  # listed twice, as a few real records do
+                record = {
+                    "slurp_id": slurp_id_field,
+                    "sentence": sentence,
+                    "sentence_annotation": annotated,
+                    "intent": spec.intent_field,
+                    "action": spec.action,
+                    "tokens": [{"surface": w, "id": i, "lemma": w, "pos": "NN"} for i, w in enumerate(words)],
+                    "scenario": spec.scenario,
+                    "recordings": recordings,
+                    "entities": entities,
+                }
+                lines.append(json.dumps(record))
+        (meta_dir / jsonl).write_text("\n".join(lines) + "\n")
+        stats.append(f"{jsonl}: {len(lines)} records, {n_files} recordings, {seconds:.1f} s")
+    (out / "README").write_text(_slurp_readme(stats))
+    print((out / "README").read_text())
+
+
+BUILDERS["slurp"] = build_slurp
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VoxCeleb1 (speaker identification)
+# ----------------------------------------------------------------------------------------------------------
+
+VOXCELEB_SEED = 1251  # speakers of VoxCeleb1
+VOXCELEB_README_MARKER = "Synthetic miniature of VoxCeleb1"
+VOXCELEB_SENTENCE_RANGE = (300, 600)  # english_sentences positions reserved for this sample
+VOXCELEB_MAX_WORDS = 5
+# Speakers far apart in voice and pitch, so that a tiny model tells them apart from four utterances each.
+VOXCELEB_SPEAKERS: tuple[tuple[str, Voice], ...] = (
+    ("id10001", Voice("Anton", "en-us+m3", "male", pitch=25, speed=150)),
+    ("id10002", Voice("Bella", "en+f2", "female", pitch=80, speed=150)),
+    ("id10003", Voice("Callum", "en-gb-scotland", "male", pitch=50, speed=140)),
+    ("id10004", Voice("Dalia", "en-029+f5", "female", pitch=60, speed=165)),
+    ("id10005", Voice("Emil", "en-gb-x-rp+m1", "male", pitch=40, speed=175)),
+)
+VOXCELEB_VIDEOS, VOXCELEB_UTTS_PER_VIDEO = 2, 4
+# Split of each speaker's utterances by (video, utterance) position: 1 train, 2 dev, 3 test (iden_split.txt).
+VOXCELEB_SPLIT = {(0, 1): 1, (0, 2): 1, (0, 3): 2, (0, 4): 3, (1, 1): 1, (1, 2): 1, (1, 3): 2, (1, 4): 3}
+VOXCELEB_UNLISTED = ("id10005", 1)  # (speaker, video): one more file on disk than iden_split.txt lists
+
+
+def _video_id(rng: random.Random) -> str:
+    """An 11-character YouTube-style id."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+    while True:
+        video = "".join(rng.choice(alphabet) for _ in range(11))
+        if video[0] != "-":  # keep paths safe for command lines
+            return video
+
+
+def build_voxceleb1(out: Path) -> None:
+    """Write the mini VoxCeleb1 (wav/ tree of the dev and test archives merged, iden_split.txt) into
+    ``out`` (typically tests/samples/VoxCeleb1)."""
+    _prepare_out_dir(out, VOXCELEB_README_MARKER)
+    rng = random.Random(VOXCELEB_SEED)
+    noise_rng = np.random.default_rng(VOXCELEB_SEED)
+    first, stop = VOXCELEB_SENTENCE_RANGE
+    pool = [
+        s
+        for s in english_sentences(stop - first, seed=VOXCELEB_SEED, skip=first)
+        if len(s.split()) <= VOXCELEB_MAX_WORDS
+    ]
+    split_lines, seconds = [], 0.0
+    for spk_id, voice in VOXCELEB_SPEAKERS:
+        for v in range(VOXCELEB_VIDEOS):
+            video = _video_id(rng)
+            gain, floor = rng.uniform(0.3, 0.6), rng.uniform(0.002, 0.01)  # one channel per video
+            last = VOXCELEB_UTTS_PER_VIDEO + ((spk_id, v) == VOXCELEB_UNLISTED)
+            for u in range(1, last + 1):
+                speech = _trim(synthesize(pool.pop(0), voice.voice, voice.speed, voice.pitch, SAMPLE_RATE))
+                pad = np.zeros(SAMPLE_RATE // 10, np.float32)
+                audio = np.concatenate([pad, gain * speech / np.abs(speech).max(), pad])
+                audio += floor * noise_rng.standard_normal(len(audio)).astype(np.float32)
+                relative = f"{spk_id}/{video}/{u:05d}.wav"
+                path = out / "wav" / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+                seconds += len(audio) / SAMPLE_RATE
+                if (v, u) in VOXCELEB_SPLIT:
+                    split_lines.append(f"{VOXCELEB_SPLIT[(v, u)]} {relative}")
+    (out / "iden_split.txt").write_text("\n".join(sorted(split_lines, key=lambda x: x.split()[1])) + "\n")
+    counts = {s: sum(line.startswith(f"{s} ") for line in split_lines) for s in (1, 2, 3)}
+    speakers = "\n".join(
+        f"  {spk}: {v.voice} pitch {v.pitch} speed {v.speed}" for spk, v in VOXCELEB_SPEAKERS
+    )
+    (out / "README").write_text(
+        f"""{VOXCELEB_README_MARKER}, generated by tools/make_samples.py (do not edit by hand).
+
+Layout as the reference expects it: the dev and test archives unpacked into one wav/ tree,
+wav/idXXXXX/<11-character video id>/<nnnnn>.wav (16 kHz, 16-bit PCM, mono), and iden_split.txt with lines
+`<1|2|3> idXXXXX/<video>/<nnnnn>.wav` (1 train, 2 dev, 3 test). wav/{VOXCELEB_UNLISTED[0]} holds one file
+that iden_split.txt does not list (prepare scripts ignore it).
+
+Speakers (espeak-ng voices; sentences: english_sentences() positions {first}..{stop - 1} with at most
+{VOXCELEB_MAX_WORDS} words), {VOXCELEB_VIDEOS} videos each with their own gain and noise floor:
+{speakers}
+
+Sizes: {counts[1]} train / {counts[2]} dev / {counts[3]} test utterances listed, {seconds:.1f} s of audio.
+"""
+    )
+    print((out / "README").read_text())
+
+
+BUILDERS["voxceleb1"] = build_voxceleb1
 
 
 def main() -> None:

@@ -36,6 +36,20 @@ VARYING = {  # recipe folder (relative to the repository root) -> keys its hpara
         "mixer_init",  # the comment lists the mixer's options
         "no_decay_modules",  # Mamba2's A_log, D, dt_bias are not decayed (mamba_ssm's rule)
     },
+    **{
+        folder: {
+            "output_folder",  # one results folder per hparams file
+            "student",  # the transformer (teacher run) vs. its BiMamba2 conversion
+            "guidance_mode",  # one mode per file
+            "student_init",  # target (documented choice) vs. hybrid
+            # the reference's batches differ between teacher, distillation and unguided command lines
+            "max_batch_samples",
+            "max_batch_items",
+            "max_batch_quad_samples",
+            "grad_accumulation_factor",
+        }
+        for folder in ("recipes/SLURP", "recipes/VoxCeleb1")
+    },
 }
 RECIPE_TREES = ("recipes", "nlp", "lm")  # where recipe folders live
 RECIPE_DIRS = sorted(p.parent for tree in RECIPE_TREES for p in (ROOT / tree).glob("**/hparams"))

@@ -56,6 +56,27 @@ RECIPES = {
         "--precision=fp32",
         "--num_workers=0",
     ),
+    # Classification recipes: micro-batches of 2 and one per optimizer step (the YAML defaults accumulate
+    # several), fp32 on CPU, heads sized for the samples' label sets.
+    "recipes/SLURP": (
+        f"--data_folder={SAMPLES / 'SLURP'}",
+        f"--pretrained_source={SAMPLES / 'models' / 'tiny-wav2vec2'}",
+        "--max_batch_items=2",
+        "--grad_accumulation_factor=1",
+        "--precision=fp32",
+        "--num_workers=0",
+        "--num_intents=5",
+    ),
+    "recipes/VoxCeleb1": (
+        f"--data_folder={SAMPLES / 'VoxCeleb1'}",
+        f"--pretrained_source={SAMPLES / 'models' / 'tiny-wav2vec2'}",
+        "--max_batch_items=2",
+        "--grad_accumulation_factor=1",
+        "--precision=fp32",
+        "--num_workers=0",
+        "--num_speakers=5",
+        "--train_crop_seconds=1.0",
+    ),
 }
 # Hub name -> (layer-norm layout, LayerDrop) of the tiny stand-in in the offline cache.
 HUB_MODELS = {
@@ -65,6 +86,32 @@ HUB_MODELS = {
 TINY_BIMAMBA2 = ("--headdim=32", "--d_state=16")
 TEDLIUM_TEACHER = "--teacher_path={out:tedlium-teacher}/save"
 TINY_MAMBA = ("--d_inner=128", "--dt_rank=4")
+
+
+def classification_rows(name: str, recipe: str, teacher_yaml: str) -> dict[str, Run]:
+    """The six runs of a classification recipe: the teacher (from inside the recipe folder, keeping a
+    snapshot every step) and the five students, the teacher-reading ones on its output."""
+    teacher = (*TINY_BIMAMBA2, f"--teacher_path={{out:{name}-teacher}}/save")
+    needs = (f"{name}-teacher",)
+    return {
+        f"{name}-teacher": Run(
+            recipe,
+            teacher_yaml,
+            ("--snapshot_every_steps=1",),
+            expect=("test_predictions.csv",),
+            listings=(("save/snapshots/*", ("step_1.ckpt", "step_2.ckpt")),),
+            resume=False,  # its folder feeds the rows below
+            from_recipe_folder=True,
+        ),
+        f"{name}-unguided": Run(recipe, "bimamba2_unguided.yaml", TINY_BIMAMBA2),
+        f"{name}-trajectory": Run(recipe, "bimamba2_trajectory.yaml", TINY_BIMAMBA2),
+        f"{name}-target": Run(recipe, "bimamba2_target.yaml", teacher, needs=needs),
+        f"{name}-waypoint": Run(recipe, "bimamba2_waypoint.yaml", teacher, needs=needs),
+        f"{name}-hybrid": Run(
+            recipe, "bimamba2_hybrid.yaml", (*teacher, "--distill_until_step=1"), needs=needs
+        ),
+    }
+
 
 RUNS = {
     "tedlium-teacher": Run(
@@ -119,6 +166,8 @@ RUNS = {
         resume=False,
     ),
     "pile-mamba2": Run("lm/Pile", "mamba2_target.yaml", ("--headdim=32", "--d_state=16"), resume=False),
+    **classification_rows("slurp", "recipes/SLURP", "wav2vec2_ic.yaml"),
+    **classification_rows("voxceleb1", "recipes/VoxCeleb1", "wav2vec2_sid.yaml"),
 }
 
 
