@@ -143,16 +143,17 @@ RUNS = {
         (*TINY_BIMAMBA2, TEDLIUM_TEACHER, "--distill_until_step=1"),
         needs=("tedlium-teacher",),
     ),
-    "tedlium-lv60-trajectory": Run(  # teacher and student in the stable layout
+    # Teacher and student in large-lv60's stable layout, with SentencePiece BPE units trained on the sample
+    # (their reuse on resume: test_tedlium_units.py); one row for both to keep the suite's time.
+    "tedlium-lv60-bpe-trajectory": Run(
         "recipes/TEDLIUM",
         "bimamba2_trajectory.yaml",
-        (*TINY_BIMAMBA2, "--pretrained_source=facebook/wav2vec2-large-lv60"),
-        resume=False,
-    ),
-    "tedlium-bpe": Run(  # SentencePiece BPE units, trained on the sample (reuse: test_tedlium_units.py)
-        "recipes/TEDLIUM",
-        "wav2vec2_ctc.yaml",
-        ("--units=bpe", "--output_neurons=40"),
+        (
+            *TINY_BIMAMBA2,
+            "--pretrained_source=facebook/wav2vec2-large-lv60",
+            "--units=bpe",
+            "--output_neurons=40",
+        ),
         listings=(("save/tokenizer/*", ("40_bpe.model", "40_bpe.vocab", "train.txt")),),
         resume=False,
     ),
