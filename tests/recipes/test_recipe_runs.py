@@ -5,7 +5,9 @@ its first epoch and train only the second. Adding a recipe adds rows (and its sa
 not a test file.
 
 A row may use another row's output folder (e.g. a teacher run's checkpoints and waypoint snapshots) by
-naming it in `needs`; `{out:<row id>}` in its overrides is replaced by that folder.
+naming it in `needs`; `{out:<row id>}` in its overrides is replaced by that folder. Rows marked `slow` run
+only with `make test-all` (each invocation costs ~10 s of CPU in imports alone, so the CI set keeps a few
+rows per recipe family and the full matrix stays available).
 """
 
 import re
@@ -28,6 +30,7 @@ class Run:
     listings: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (glob, exactly the file names it must match)
     resume: bool = True  # run again with one more epoch: resumes, trains only epoch 2
     from_recipe_folder: bool = False  # start the command inside the recipe folder instead of the root
+    slow: bool = False  # only with `make test-all`
 
 
 # Arguments every run of a recipe gets: the committed sample data and tiny model, small batches.
@@ -35,6 +38,12 @@ RECIPES = {
     "recipes/TEDLIUM": (
         f"--data_folder={SAMPLES / 'TEDLIUM_release-3'}",
         f"--pretrained_source={SAMPLES / 'models' / 'tiny-wav2vec2'}",
+        "--batch_size=2",
+    ),
+    "nlp/GLUE": (f"--pretrained_source={SAMPLES / 'models' / 'tiny-roberta'}", "--batch_size=2"),
+    "nlp/IMDB": (
+        f"--data_folder={SAMPLES / 'aclImdb'}",
+        f"--pretrained_source={SAMPLES / 'models' / 'tiny-roberta'}",
         "--batch_size=2",
     ),
 }
@@ -72,6 +81,44 @@ RUNS = {
         needs=("tedlium-teacher",),
     ),
 }
+
+
+# Text recipes: every hparams file on every sample task (GLUE SST-2, QNLI, QQP; IMDB). The CI set is
+# SST-2 teacher + waypoint (epoch snapshots), QNLI trajectory (pairs), IMDB teacher + hybrid; the rest slow.
+TEXT_STUDENTS = ("unguided", "target", "trajectory", "waypoint", "hybrid")
+TEXT_CI = {"glue-sst2-teacher", "glue-sst2-waypoint", "glue-qnli-trajectory", "imdb-teacher", "imdb-hybrid"}
+
+
+def text_rows(recipe: str, prefix: str, task_args: tuple[str, ...]) -> dict[str, Run]:
+    """The teacher row (run from inside the recipe folder, no resume: students read it) and one row per
+    student mode for one sample task."""
+    teacher = f"{prefix}-teacher"
+    rows = {
+        teacher: Run(
+            recipe, "roberta_finetune.yaml", task_args, resume=False, from_recipe_folder=True,
+            listings=(("save/snapshots/*", ("step_2.ckpt",)),), slow=teacher not in TEXT_CI,
+        )
+    }  # fmt: skip
+    for mode in TEXT_STUDENTS:
+        needs = (teacher,) if mode in ("target", "waypoint", "hybrid") else ()
+        extra = (f"--teacher_path={{out:{teacher}}}/save",) if needs else ()
+        extra += ("--distill_until_step=1",) if mode == "hybrid" else ()
+        row = f"{prefix}-{mode}"
+        rows[row] = Run(
+            recipe, f"linformer_{mode}.yaml", task_args + extra, needs=needs, slow=row not in TEXT_CI
+        )
+    return rows
+
+
+for _task, _folder in (("sst2", "SST-2"), ("qnli", "QNLI"), ("qqp", "QQP")):
+    RUNS.update(
+        text_rows(
+            "nlp/GLUE",
+            f"glue-{_task}",
+            (f"--task={_task}", f"--data_folder={SAMPLES / 'glue_data' / _folder}"),
+        )
+    )
+RUNS.update(text_rows("nlp/IMDB", "imdb", ()))
 
 
 def launch(run: Run, out: Path, epochs: int, outputs: dict[str, Path]) -> None:
@@ -122,7 +169,9 @@ def first_epoch(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("row", list(RUNS))
+@pytest.mark.parametrize(
+    "row", [pytest.param(r, marks=pytest.mark.slow) if RUNS[r].slow else r for r in RUNS]
+)
 def test_recipe_run(row, first_epoch):
     run = RUNS[row]
     out = first_epoch(row)
