@@ -154,11 +154,14 @@ class WarmupLinearDecay(torch.optim.lr_scheduler.LRScheduler):
             raise ValueError("WarmupLinearDecay needs exactly one of warmup_steps and warmup_fraction")
         if warmup_fraction is not None:
             if not 0.0 <= warmup_fraction < 1.0:
-                raise ValueError(f"WarmupLinearDecay warmup_fraction must be in [0, 1), got {warmup_fraction}")
+                raise ValueError(
+                    f"WarmupLinearDecay warmup_fraction must be in [0, 1), got {warmup_fraction}"
+                )
             warmup_steps = round(warmup_fraction * total_steps)
         if warmup_steps < 0 or total_steps <= 0:
             raise ValueError(
-                f"WarmupLinearDecay needs warmup_steps >= 0 and total_steps > 0; got {warmup_steps}, {total_steps}"
+                "WarmupLinearDecay needs warmup_steps >= 0 and total_steps > 0; "
+                f"got {warmup_steps}, {total_steps}"
             )
         self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
         super().__init__(optimizer, last_epoch)

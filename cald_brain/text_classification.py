@@ -81,8 +81,8 @@ GLUE_TASKS: dict[str, TextTask] = {
         ),
         TextTask("stsb", "STS-B", "sentence1", "sentence2", "score", None, ("pearson", "spearman")),
         TextTask(
-            "mnli", "MNLI", "sentence1", "sentence2", "gold_label", ("contradiction", "entailment", "neutral"),
-            dev_splits=("dev_matched", "dev_mismatched"),
+            "mnli", "MNLI", "sentence1", "sentence2", "gold_label",
+            ("contradiction", "entailment", "neutral"), dev_splits=("dev_matched", "dev_mismatched"),
         ),
         TextTask("qnli", "QNLI", "question", "sentence", "label", NLI2, hybrid_switch_step=10000),
         TextTask("rte", "RTE", "sentence1", "sentence2", "label", NLI2),
@@ -90,7 +90,14 @@ GLUE_TASKS: dict[str, TextTask] = {
     )
 }  # fmt: skip
 IMDB_TASK = TextTask(
-    "imdb", "aclImdb", "text", None, "label", ("neg", "pos"), dev_splits=("dev", "test"), hybrid_switch_step=3000
+    "imdb",
+    "aclImdb",
+    "text",
+    None,
+    "label",
+    ("neg", "pos"),
+    dev_splits=("dev", "test"),
+    hybrid_switch_step=3000,
 )
 SCORE_KEY = "dev_score"  # checkpoint meta key: the task's main metric on dev (teacher_max_key of students)
 
@@ -260,3 +267,20 @@ class TextClassification(CALDBrain):
                 max_key=SCORE_KEY,
                 test_loader_kwargs=self.hparams.test_dataloader_opts,
             )
+
+
+def fit_and_evaluate(hparams: dict[str, Any], run_opts: Any, task: TextTask, datasets: dict) -> None:
+    """A recipe's training run: fit on `train` (the best checkpoint chosen on the first evaluation split),
+    then evaluate that checkpoint on every evaluation split of the task."""
+    brain = TextClassification(
+        modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
+    )
+    brain.task = task
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets[task.dev_splits[0]],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    brain.evaluate_splits(datasets)

@@ -69,8 +69,8 @@ PARAPHRASES = (
 
 
 def sentiment_sentence(rng: random.Random, positive: bool) -> str:
-    """One SST-2-style sentence (lower-case, tokenised, trailing space) and its polarity: most state it
-    directly, some negate the opposite adjective ("is not dull"), some add a second clause of the same sign."""
+    """One SST-2-style sentence (lower-case, tokenised, trailing space) of the given polarity: most state
+    it directly, some negate the opposite adjective ("is not dull"), some add a clause of the same sign."""
     words = POSITIVE if positive else NEGATIVE
     opposite = NEGATIVE if positive else POSITIVE
     subject = rng.choice(SUBJECTS)
@@ -211,7 +211,9 @@ IMDB_PER_CLASS = {"train": 120, "test": 50}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("tests/samples"), help="samples folder")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)

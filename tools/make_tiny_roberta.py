@@ -116,7 +116,9 @@ def masked_accuracy(model: RobertaForMaskedLM, data: torch.Tensor, tokenizer: Ro
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "samples" / "models" / "tiny-roberta")
     parser.add_argument("--vocab_size", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=3000)
@@ -136,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = train_tokenizer(paragraphs, args.vocab_size, args.out)
     data = blocks(tokenizer, paragraphs)
     held_out, train = data[:256], data[256:]
-    print(f"{len(paragraphs)} paragraphs -> {len(train)} training blocks of {BLOCK} tokens, {len(held_out)} held out")
+    print(
+        f"{len(paragraphs)} paragraphs -> {len(train)} training blocks of {BLOCK} tokens, "
+        f"{len(held_out)} held out"
+    )
 
     config = RobertaConfig(
         vocab_size=len(tokenizer),
@@ -183,9 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "README.md").write_text(
         f"""# tiny-roberta
 
-A tiny RoBERTa (`RobertaForMaskedLM`: {MODEL['num_hidden_layers']} layers, width {MODEL['hidden_size']},
-{MODEL['num_attention_heads']} heads, {MAX_POSITIONS} positions, byte-level BPE vocabulary of {len(tokenizer)})
-made by `python tools/make_tiny_roberta.py` for the text recipes' tests and sample runs.
+A tiny RoBERTa (`RobertaForMaskedLM`: {MODEL["num_hidden_layers"]} layers, width
+{MODEL["hidden_size"]}, {MODEL["num_attention_heads"]} heads, {MAX_POSITIONS} positions, byte-level BPE
+vocabulary of {len(tokenizer)}) made by `python tools/make_tiny_roberta.py` for the text recipes' tests
+and sample runs.
 
 Pretraining text: docstrings of Python standard-library modules and pydoc's help topics ({len(paragraphs)}
 paragraphs), disjoint from the template text of the GLUE / IMDB samples. Tokenizer: byte-level BPE trained on

@@ -68,7 +68,9 @@ def parse_label(task: TextTask, value: str) -> int | float | None:
     return task.labels.index(value) if value in task.labels else None
 
 
-def prepare_glue(data_folder: str | Path, save_folder: str | Path, task: str, skip_prep: bool = False) -> None:
+def prepare_glue(
+    data_folder: str | Path, save_folder: str | Path, task: str, skip_prep: bool = False
+) -> None:
     """Write the manifests of GLUE task `task` (see the module docstring) into `save_folder`.
 
     Nothing is done when they exist and were made from the same folder and task.
@@ -97,7 +99,9 @@ def prepare_glue(data_folder: str | Path, save_folder: str | Path, task: str, sk
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", required=True)
     parser.add_argument("--data_folder", required=True)
     parser.add_argument("--save_folder", required=True)

@@ -16,7 +16,7 @@ from speechbrain.utils.distributed import run_on_main
 
 from cald_brain.recipe import RecipeError, start_recipe
 from cald_brain.scripts import load_recipe_module
-from cald_brain.text_classification import TextClassification, glue_task, text_datasets
+from cald_brain.text_classification import fit_and_evaluate, glue_task, text_datasets
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 prepare_glue = load_recipe_module(RECIPE_DIR, "prepare").prepare_glue
@@ -61,18 +61,7 @@ def main() -> None:
         },
     )
     datasets = text_datasets(hparams, task, ("train", *task.dev_splits))
-    brain = TextClassification(
-        modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
-    )
-    brain.task = task
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets[task.dev_splits[0]],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
-    brain.evaluate_splits(datasets)
+    fit_and_evaluate(hparams, run_opts, task, datasets)
 
 
 if __name__ == "__main__":

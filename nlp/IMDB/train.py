@@ -15,7 +15,7 @@ from speechbrain.utils.distributed import run_on_main
 
 from cald_brain.recipe import start_recipe
 from cald_brain.scripts import load_recipe_module
-from cald_brain.text_classification import IMDB_TASK, TextClassification, text_datasets
+from cald_brain.text_classification import IMDB_TASK, fit_and_evaluate, text_datasets
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 prepare_imdb = load_recipe_module(RECIPE_DIR, "prepare").prepare_imdb
@@ -34,18 +34,7 @@ def main() -> None:
         },
     )
     datasets = text_datasets(hparams, IMDB_TASK, ("train", "dev", "test"))
-    brain = TextClassification(
-        modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
-    )
-    brain.task = IMDB_TASK
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets["dev"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
-    brain.evaluate_splits(datasets)
+    fit_and_evaluate(hparams, run_opts, IMDB_TASK, datasets)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_single_sentence_and_label_maps(tmp_path):
 
 def test_stsb_regression_and_unparsable_scores(tmp_path, caplog):
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
-    row = "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t{}"
+    row = "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane takes off.\tA jet takes off.\t{}"
     folder = write_task(
         tmp_path / "STS-B",
         {"train": [header, row.format("5.000"), row.format("n/a")], "dev": [header, row.format("3.8")]},

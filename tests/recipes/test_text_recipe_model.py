@@ -1,6 +1,6 @@
-"""The text recipes' student as their YAML builds it (tiny RoBERTa converted to Linformer): an item's outputs do
-not depend on how much padding its batch adds, for every projection-sharing mode, since each Linformer
-projection sees only the item's valid tokens."""
+"""The text recipes' student as their YAML builds it (tiny RoBERTa converted to Linformer): an item's
+outputs do not depend on how much padding its batch adds, for every projection-sharing mode, since each
+Linformer projection sees only the item's valid tokens."""
 
 import pytest
 import torch

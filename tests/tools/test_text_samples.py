@@ -5,7 +5,6 @@ import filecmp
 import json
 
 import pytest
-
 from conftest import SAMPLES, load_repo_script
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
