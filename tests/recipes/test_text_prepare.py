@@ -137,3 +137,11 @@ def test_imdb_tree_dev_split_and_cleaning(tmp_path):
 def test_imdb_wrong_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="extracted aclImdb folder"):
         imdb.prepare_imdb(SAMPLES / "glue_data", tmp_path)
+
+
+def test_glue_command_line_sets_num_labels_from_the_task():
+    train = load_repo_script("nlp/GLUE/train.py", "glue_train_test")
+    assert train.with_task_outputs(["h.yaml", "--task=mnli"]) == ["h.yaml", "--task=mnli", "--num_labels=3"]
+    assert train.with_task_outputs(["h.yaml", "--task", "stsb"])[-1] == "--num_labels=1"
+    assert train.with_task_outputs(["h.yaml", "--task=mnli", "--num_labels=3"]).count("--num_labels=3") == 1
+    assert train.with_task_outputs(["h.yaml"]) == ["h.yaml"]  # the YAML's PLACEHOLDER then names --task
