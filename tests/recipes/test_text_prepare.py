@@ -8,6 +8,8 @@ import logging
 import pytest
 from conftest import SAMPLES, load_repo_script
 
+from cald_brain.text_classification import GLUE_TASKS
+
 glue = load_repo_script("nlp/GLUE/prepare.py", "glue_prepare_test")
 imdb = load_repo_script("nlp/IMDB/prepare.py", "imdb_prepare_test")
 GLUE_SAMPLES = SAMPLES / "glue_data"
@@ -145,3 +147,17 @@ def test_glue_command_line_sets_num_labels_from_the_task():
     assert train.with_task_outputs(["h.yaml", "--task", "stsb"])[-1] == "--num_labels=1"
     assert train.with_task_outputs(["h.yaml", "--task=mnli", "--num_labels=3"]).count("--num_labels=3") == 1
     assert train.with_task_outputs(["h.yaml"]) == ["h.yaml"]  # the YAML's PLACEHOLDER then names --task
+
+
+def test_glue_hybrid_switch_defaults_to_the_reference_step_of_the_task():
+    train = load_repo_script("nlp/GLUE/train.py", "glue_train_test")
+    for name, step in (("qnli", 10000), ("qqp", 40000), ("sst2", 5000)):
+        hparams = {"guidance_mode": "hybrid", "distill_until_step": None}
+        train.resolve_hybrid_switch(hparams, GLUE_TASKS[name])
+        assert hparams["distill_until_step"] == step
+    given = {"guidance_mode": "hybrid", "distill_until_step": 7}
+    train.resolve_hybrid_switch(given, GLUE_TASKS["qnli"])
+    assert given["distill_until_step"] == 7
+    with pytest.raises(SystemExit, match="--distill_until_step"):
+        unset = {"guidance_mode": "hybrid", "distill_until_step": None}
+        train.resolve_hybrid_switch(unset, GLUE_TASKS["rte"])
