@@ -26,8 +26,8 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check cald_brain recipes lm tools tests setup.py
-	$(BIN)/ruff format --check cald_brain recipes lm tools tests setup.py
+	$(BIN)/ruff check cald_brain recipes nlp lm tools tests setup.py
+	$(BIN)/ruff format --check cald_brain recipes nlp lm tools tests setup.py
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_mixers.py

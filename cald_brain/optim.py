@@ -129,3 +129,47 @@ class WarmupExpDecay(torch.optim.lr_scheduler.LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+class WarmupLinearDecay(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up from 0, then linear decay to 0 at `total_steps` (Hugging Face's
+    `get_scheduler("linear")`, the CALD reference's nlp/ schedule). Stepped after each optimizer step.
+
+    The warm-up is `warmup_steps`, or `warmup_fraction` of `total_steps` (rounded): the reference README's
+    per-task warm-ups (1964 / 6823 / 1263 / 469 for QNLI / QQP / SST-2 / IMDB) are 6 % of 10 epochs at batch
+    32. `total_steps` depends on the data, so a recipe usually leaves it out of the YAML
+    (`!name:cald_brain.optim.WarmupLinearDecay {warmup_fraction: 0.06}`) and binds it once the train loader
+    exists (cald_brain.text_classification does).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int | None = None,
+        warmup_fraction: float | None = None,
+        last_epoch: int = -1,
+    ):
+        if (warmup_steps is None) == (warmup_fraction is None):
+            raise ValueError("WarmupLinearDecay needs exactly one of warmup_steps and warmup_fraction")
+        if warmup_fraction is not None:
+            if not 0.0 <= warmup_fraction < 1.0:
+                raise ValueError(
+                    f"WarmupLinearDecay warmup_fraction must be in [0, 1), got {warmup_fraction}"
+                )
+            warmup_steps = round(warmup_fraction * total_steps)
+        if warmup_steps < 0 or total_steps <= 0:
+            raise ValueError(
+                "WarmupLinearDecay needs warmup_steps >= 0 and total_steps > 0; "
+                f"got {warmup_steps}, {total_steps}"
+            )
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return step / self.warmup_steps
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]

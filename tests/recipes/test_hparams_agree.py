@@ -50,6 +50,17 @@ VARYING = {  # recipe folder (relative to the repository root) -> keys its hpara
         }
         for folder in ("recipes/SLURP", "recipes/VoxCeleb1")
     },
+    **{
+        folder: {
+            "output_folder",  # one results folder per hparams file
+            "lr",  # teacher run vs. students
+            "batch_size",  # 32 (teacher, unguided) vs. 16 x 2 accumulated (distillation), as the reference
+            "grad_accumulation_factor",
+            "student",  # the transformer (teacher run) vs. its Linformer conversion
+            "guidance_mode",  # one mode per file
+        }
+        for folder in ("nlp/GLUE", "nlp/IMDB")
+    },
 }
 RECIPE_TREES = ("recipes", "nlp", "lm")  # where recipe folders live
 RECIPE_DIRS = sorted(p.parent for tree in RECIPE_TREES for p in (ROOT / tree).glob("**/hparams"))

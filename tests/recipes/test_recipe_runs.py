@@ -5,7 +5,9 @@ its first epoch and train only the second. Adding a recipe adds rows (and its sa
 not a test file.
 
 A row may use another row's output folder (e.g. a teacher run's checkpoints and waypoint snapshots) by
-naming it in `needs`; `{out:<row id>}` in its overrides is replaced by that folder.
+naming it in `needs`; `{out:<row id>}` in its overrides is replaced by that folder. Rows marked `slow` run
+only with `make test-all` (each invocation costs ~10 s of CPU in imports alone, so the CI set keeps a few
+rows per recipe family and the full matrix stays available).
 
 Every run resolves hub names offline from a Hugging Face cache built here (HUB_MODELS): the TED-LIUM rows
 use the YAML's own `pretrained_source`, facebook/wav2vec2-base, as a GPU user does, here a tiny model with the
@@ -39,6 +41,7 @@ class Run:
     listings: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (glob, exactly the file names it must match)
     resume: bool = True  # run again with one more epoch: resumes, trains only epoch 2
     from_recipe_folder: bool = False  # start the command inside the recipe folder instead of the root
+    slow: bool = False  # only with `make test-all`
 
 
 # Arguments every run of a recipe gets: the committed sample data and tiny model, small batches.
@@ -76,6 +79,12 @@ RECIPES = {
         "--num_workers=0",
         "--num_speakers=5",
         "--train_crop_seconds=1.0",
+    ),
+    "nlp/GLUE": (f"--pretrained_source={SAMPLES / 'models' / 'tiny-roberta'}", "--batch_size=2"),
+    "nlp/IMDB": (
+        f"--data_folder={SAMPLES / 'aclImdb'}",
+        f"--pretrained_source={SAMPLES / 'models' / 'tiny-roberta'}",
+        "--batch_size=2",
     ),
 }
 # Hub name -> (layer-norm layout, LayerDrop) of the tiny stand-in in the offline cache.
@@ -172,6 +181,44 @@ RUNS = {
 }
 
 
+# Text recipes: every hparams file on every sample task (GLUE SST-2, QNLI, QQP; IMDB). The CI set is
+# SST-2 teacher + waypoint (epoch snapshots), QNLI trajectory (pairs), IMDB teacher; the rest slow.
+TEXT_STUDENTS = ("unguided", "target", "trajectory", "waypoint", "hybrid")
+TEXT_CI = {"glue-sst2-teacher", "glue-sst2-waypoint", "glue-qnli-trajectory", "imdb-teacher"}
+
+
+def text_rows(recipe: str, prefix: str, task_args: tuple[str, ...]) -> dict[str, Run]:
+    """The teacher row (run from inside the recipe folder, no resume: students read it) and one row per
+    student mode for one sample task."""
+    teacher = f"{prefix}-teacher"
+    rows = {
+        teacher: Run(
+            recipe, "roberta_finetune.yaml", task_args, resume=False, from_recipe_folder=True,
+            listings=(("save/snapshots/*", ("step_2.ckpt",)),), slow=teacher not in TEXT_CI,
+        )
+    }  # fmt: skip
+    for mode in TEXT_STUDENTS:
+        needs = (teacher,) if mode in ("target", "waypoint", "hybrid") else ()
+        extra = (f"--teacher_path={{out:{teacher}}}/save",) if needs else ()
+        extra += ("--distill_until_step=1",) if mode == "hybrid" else ()
+        row = f"{prefix}-{mode}"
+        rows[row] = Run(
+            recipe, f"linformer_{mode}.yaml", task_args + extra, needs=needs, slow=row not in TEXT_CI
+        )
+    return rows
+
+
+for _task, _folder in (("sst2", "SST-2"), ("qnli", "QNLI"), ("qqp", "QQP")):
+    RUNS.update(
+        text_rows(
+            "nlp/GLUE",
+            f"glue-{_task}",
+            (f"--task={_task}", f"--data_folder={SAMPLES / 'glue_data' / _folder}"),
+        )
+    )
+RUNS.update(text_rows("nlp/IMDB", "imdb", ()))
+
+
 def launch(run: Run, out: Path, epochs: int, outputs: dict[str, Path], env: dict[str, str]) -> None:
     """One debug invocation (2 training batches per epoch) of `run` into `out`."""
     recipe_dir = ROOT / run.recipe
@@ -230,7 +277,9 @@ def first_epoch(tmp_path_factory, hub_env):
     return get
 
 
-@pytest.mark.parametrize("row", list(RUNS))
+@pytest.mark.parametrize(
+    "row", [pytest.param(r, marks=pytest.mark.slow) if RUNS[r].slow else r for r in RUNS]
+)
 def test_recipe_run(row, first_epoch):
     run = RUNS[row]
     out = first_epoch(row)
