@@ -111,3 +111,17 @@ def test_a_drifted_block_is_reported(tmp_path):
     (tmp_path / "b.yaml").write_text("# comment\nlr: 0.1\nopt: !name:torch.optim.Adam\n    lr: 0.2\n")
     a, b = top_level_blocks(tmp_path / "a.yaml"), top_level_blocks(tmp_path / "b.yaml")
     assert a["lr"] == b["lr"] and a["opt"] != b["opt"]
+
+
+@pytest.mark.parametrize("recipe_dir", RECIPE_DIRS, ids=lambda d: d.relative_to(ROOT).as_posix())
+def test_checkpoints_are_written_atomically(recipe_dir):
+    """Every hparams file checkpoints through AtomicCheckpointer (a kill mid-write never leaves a checkpoint
+    that looks complete), not SpeechBrain's plain Checkpointer."""
+    plain = [
+        p.name
+        for p in sorted((recipe_dir / "hparams").glob("*.yaml"))
+        if not top_level_blocks(p)["checkpointer"].startswith(
+            "checkpointer: !new:cald_brain.checkpoints.AtomicCheckpointer"
+        )
+    ]
+    assert not plain, f"{recipe_dir / 'hparams'}: use cald_brain.checkpoints.AtomicCheckpointer in {plain}"
