@@ -23,7 +23,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from cald_brain.brain import CALDBrain, ModelOutputs
 from cald_brain.data.text import TextBatch, TextCollator, manifest_dataset
-from cald_brain.distill.teachers import save_snapshot
+from cald_brain.distill.snapshots import save_snapshot
 from cald_brain.models.text import load_tokenizer
 from cald_brain.recipe import RecipeError
 
