@@ -41,6 +41,7 @@ class GuidanceConfig:
     student_init: str = "source"
     teacher_net: torch.nn.Module | None = None
     teacher_path: str | None = None
+    teacher_from_source: bool = False
     teacher_ckpt_key: str = "student"
     teacher_min_key: str | None = None
     teacher_max_key: str | None = None
@@ -126,10 +127,18 @@ class Guidance:
             return
         if cfg.teacher_net is None:
             raise ValueError(f"guidance_mode={self.mode} needs teacher_net (the teacher network) in the YAML")
-        if self.mode in ("target", "hybrid", "waypoint") and cfg.teacher_path is None:
+        if cfg.teacher_from_source and (self.mode not in ("target", "hybrid") or cfg.teacher_path):
             raise ValueError(
-                f"guidance_mode={self.mode} needs teacher_path (the teacher run's checkpoint folder)"
+                "teacher_from_source: true (the frozen teacher is teacher_net as loaded from its pretrained "
+                f"source) needs guidance_mode target or hybrid and no teacher_path (got {self.mode}, "
+                f"teacher_path={cfg.teacher_path!r})"
             )
+        if self.mode in ("target", "hybrid", "waypoint") and cfg.teacher_path is None:
+            if not cfg.teacher_from_source:
+                raise ValueError(
+                    f"guidance_mode={self.mode} needs teacher_path (the teacher run's checkpoint folder), or "
+                    "teacher_from_source: true when the pretrained model itself is the teacher"
+                )
         if cfg.student_init == "teacher" and self.mode not in ("target", "hybrid"):
             raise ValueError(
                 f"student_init=teacher needs guidance_mode target or hybrid, not {self.mode}: the student is "
@@ -197,6 +206,8 @@ class Guidance:
         """The teacher state dict to initialise the student from (`student_init: teacher`), else None."""
         if self.config.student_init != "teacher":
             return None
+        if self.teacher.file is None:  # teacher_from_source: the weights teacher_net was built with
+            return {k: v.detach().clone() for k, v in self.teacher.net.state_dict().items()}
         return load_state_dict(self.teacher.file)
 
     def start(self, step: int) -> None:

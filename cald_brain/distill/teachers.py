@@ -89,31 +89,36 @@ class Teacher:
 
 
 class FrozenTeacher(Teacher):
-    """Target / hybrid teacher: fixed weights from a teacher run's best checkpoint."""
+    """Target / hybrid teacher: fixed weights from a teacher run's best checkpoint, or (path None) the weights
+    `net` was built with, e.g. a pretrained language model that is itself the target."""
 
     def __init__(
         self,
         net: torch.nn.Module,
-        path: str | Path,
+        path: str | Path | None,
         ckpt_key: str = "student",
         min_key: str | None = None,
         max_key: str | None = None,
         train_mode: bool = True,
     ):
-        super().__init__(net, train_mode, source=str(path))
-        self.path = Path(path)
+        super().__init__(net, train_mode, source=str(path) if path is not None else "teacher_net as loaded")
+        self.path = Path(path) if path is not None else None
         self.ckpt_key, self.min_key, self.max_key = ckpt_key, min_key, max_key
         self.file: Path | None = None
 
     def setup(self, device: str | torch.device, grad_scaler: bool = False) -> None:
         """Resolve the checkpoint file (errors name the path) and move the frozen net to `device`."""
-        self.file = resolve_checkpoint_file(self.path, self.ckpt_key, self.min_key, self.max_key)
-        self.source = str(self.file)
+        if self.path is not None:
+            self.file = resolve_checkpoint_file(self.path, self.ckpt_key, self.min_key, self.max_key)
+            self.source = str(self.file)
         self.freeze()
         super().setup(device, grad_scaler)
 
     def start(self, step: int) -> None:
-        """Load the teacher weights (once)."""
+        """Load the teacher weights (once); without a path the net keeps the weights it was built with."""
+        if self.file is None:
+            logger.info("Target teacher: teacher_net with the weights of its pretrained source")
+            return
         load_into(self.net, self.file)
         logger.info(f"Target teacher loaded from {self.file}")
 

@@ -19,7 +19,7 @@ import os
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import if_main_process
 
 from cald_brain.brain import CALDBrain, ModelOutputs
 from cald_brain.data.mmap_tokens import MMapTokens, TokenSequences
@@ -103,16 +103,6 @@ def datasets(hparams: dict) -> dict[str, TokenSequences]:
     return found
 
 
-def write_pretrained_teacher(hparams: dict) -> None:
-    """The frozen teacher of target / hybrid guidance is the pretrained model itself: its state dict is
-    written once to teacher_path (the file form cald_brain's FrozenTeacher loads), atomically."""
-    path = hparams["teacher_path"]
-    if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        torch.save(hparams["teacher_net"].state_dict(), path + ".tmp")
-        os.replace(path + ".tmp", path)
-
-
 def main() -> None:
     hparams, run_opts, hparams_file = start_recipe(RECIPE_DIR)
     mode = hparams.get("guidance_mode", "unguided")
@@ -124,8 +114,6 @@ def main() -> None:
             "target)"
         )
     data = datasets(hparams)
-    if mode != "unguided":
-        run_on_main(write_pretrained_teacher, args=[hparams])
 
     lm = LM(
         modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]

@@ -265,3 +265,28 @@ def test_joint_teacher_clipping_is_its_own_setting(max_grad_norm):
     expected = grad_norm if max_grad_norm is None else torch.tensor(max_grad_norm)
     assert grad_norm > 1.0
     torch.testing.assert_close(moved, expected, rtol=1e-4, atol=0)
+
+
+def test_teacher_from_source_keeps_the_built_weights_and_needs_no_file():
+    net = ToyNet("attention")
+    net.head.bias.data.fill_(3.0)
+    g = guidance(guidance_mode="target", teacher_from_source=True, teacher_net=net, student_init="teacher")
+    g.start(0)
+    assert isinstance(g.teacher, FrozenTeacher) and g.teacher.file is None
+    assert head_mark(g.teacher.net) == 3.0
+    assert not any(p.requires_grad for p in g.teacher.net.parameters())
+    init = g.student_init_state()
+    assert torch.equal(init["head.bias"], net.head.bias.detach())
+    assert g.plan(0).teacher is g.teacher
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"guidance_mode": "waypoint", "teacher_from_source": True},
+        {"guidance_mode": "target", "teacher_from_source": True, "teacher_path": "t.ckpt"},
+    ],
+)
+def test_teacher_from_source_only_for_target_and_hybrid_without_a_path(keys):
+    with pytest.raises(ValueError, match="teacher_from_source"):
+        guidance(**keys)
