@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from cald_brain.schedules import WarmupCosine, warmup_cosine_factor
+from cald_brain.optim import WarmupCosine, warmup_cosine_factor
 
 
 def reference_factors(decay_steps: int, warmup_ratio: float, min_ratio: float, steps: int) -> list[float]:
