@@ -34,6 +34,7 @@ from cald_brain.distill.losses import (
 from cald_brain.distill.snapshots import SNAPSHOT_DIRNAME, save_snapshot
 from cald_brain.distill.teachers import Teacher
 from cald_brain.optim import NO_DECAY_MODULES, param_groups
+from cald_brain.recipe import RecipeError
 from cald_brain.run_control import RUN_OPTION_TYPES, StoppedOnSignal, StopRequest, check_run_options
 
 logger = logging.getLogger(__name__)
@@ -219,7 +220,15 @@ class CALDBrain(sb.Brain):
         return super()._train_loader_specifics(dataset, loader_kwargs)
 
     def _fit_train(self, train_set, epoch, enable):
-        """SpeechBrain's train stage, with the train loader's generator seeded for this epoch."""
+        """SpeechBrain's train stage, with the train loader's generator seeded for this epoch. An epoch of
+        fewer batches than one accumulation window would never take an optimizer step: that stops the run."""
+        batches = len(self._train_loader) if self._train_loader is not None else None
+        if batches is not None and batches < self.grad_accumulation_factor:
+            raise RecipeError(
+                f"the training set gives {batches} batch(es) per epoch, fewer than grad_accumulation_factor="
+                f"{self.grad_accumulation_factor}: no optimizer step would ever be taken. Lower "
+                "--grad_accumulation_factor, or the batch size / max_batch_length, or add training data."
+            )
         self.loader_generator.manual_seed(self.loader_seed + epoch)
         super()._fit_train(train_set, epoch, enable)
 

@@ -199,8 +199,14 @@ def run(args: argparse.Namespace) -> dict:
         x = torch.randn(args.batch, length, d, device=device)
         keys = [(impl, mode) for impl in args.impls for mode in args.modes]
         calls = {(impl, mode): make_call(modules[impl].eval(), x, mode) for impl, mode in keys}
-        for call in calls.values():
-            call()  # warm-up
+        for (impl, mode), call in list(calls.items()):
+            try:
+                call()  # warm-up
+            except torch.OutOfMemoryError:  # reported as OOM in the table; the other rows still run
+                del calls[impl, mode]
+                torch.cuda.empty_cache()
+                results.append(dict(impl=impl, mode=mode, length=length, oom=True))
+                print(f"  L={length:5d} {mode:6s} {impl:10s} out of memory", flush=True)
         samples = {key: [] for key in calls}
         for _ in range(args.repeats):
             for key, call in calls.items():
@@ -257,10 +263,16 @@ def table(report: dict) -> str:
         cells = [mode, str(length)]
         for impl in impls:
             r = rows.get((mode, length, impl))
-            cells.append(f"{r['ms']:.0f} ({r['peak_mib']:.0f}, {r['gflops']:.0f})" if r else "-")
+            if r is None:
+                cells.append("-")
+            elif r.get("oom"):
+                cells.append("out of memory")
+            else:
+                cells.append(f"{r['ms']:.0f} ({r['peak_mib']:.0f}, {r['gflops']:.0f})")
         for num, den, _ in ratios:
             a, b = rows.get((mode, length, num)), rows.get((mode, length, den))
-            cells.append(f"{a['ms'] / b['ms']:.2f}x" if a and b else "-")
+            timed = a and b and not a.get("oom") and not b.get("oom")
+            cells.append(f"{a['ms'] / b['ms']:.2f}x" if timed else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -276,7 +288,9 @@ def plot(report: dict, path: Path) -> None:
     for ax, mode in zip(axes[0], modes, strict=True):
         for impl in IMPLS:
             points = sorted(
-                (r["length"], r["ms"]) for r in report["results"] if r["impl"] == impl and r["mode"] == mode
+                (r["length"], r["ms"])
+                for r in report["results"]
+                if r["impl"] == impl and r["mode"] == mode and not r.get("oom")
             )
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=impl)

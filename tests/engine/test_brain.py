@@ -16,6 +16,7 @@ import torch
 from toy_task import ToyBrain, ToyNet, fit, make_brain, make_dataset
 
 from cald_brain.distill.losses import layerwise_distillation_loss
+from cald_brain.recipe import RecipeError
 from cald_brain.run_control import STOP_EXIT_CODE
 
 STEPS_PER_EPOCH = 6  # 24 items, batch 4
@@ -526,7 +527,7 @@ def test_cuda_mixed_precision_trajectory_kill_and_resume(tmp_path, precision):
 def test_ddp_two_ranks_stay_in_sync(tmp_path):
     """torchrun, 2 CPU ranks (gloo): student (DDP-wrapped) and joint teacher (gradients all-reduced by
     CALDBrain) end identical on both ranks; snapshots are written once."""
-    toy = Path(__file__).with_name("toy_task.py")
+    toy = Path(__file__).parents[1] / "toy_task.py"
     cmd = [
         sys.executable,
         "-m",
@@ -546,3 +547,12 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path):
         "step_4.ckpt",
         "step_6.ckpt",
     ]
+
+
+def test_epoch_shorter_than_accumulation_window_stops(tmp_path):
+    """An epoch of fewer batches than grad_accumulation_factor would never step (SpeechBrain flushes the
+    gradients at each epoch end): the run stops naming the option instead of training nothing."""
+    brain = make_brain(tmp_path, run_opts={"grad_accumulation_factor": 4}, epochs=1)
+    with pytest.raises(RecipeError, match="grad_accumulation_factor=4"):
+        fit(brain, dataset=make_dataset(n_items=8), batch_size=4)  # 2 batches per epoch
+    assert brain.optimizer_step == 0

@@ -161,7 +161,7 @@ def fit(brain: CALDBrain, dataset=None, batch_size: int = 4, shuffle: bool = Tru
 
 
 def ddp_trajectory_run(folder: str) -> None:
-    """Entry point for `torchrun --nproc_per_node=2 tests/engine/toy_task.py FOLDER` (gloo, CPU): a
+    """Entry point for `torchrun --nproc_per_node=2 tests/toy_task.py FOLDER` (gloo, CPU): a
     trajectory run with gradient accumulation and snapshots; each rank saves its student and teacher to
     FOLDER/rank<R>.pt."""
     run_opts = {
