@@ -222,7 +222,10 @@ class CALDBrain(sb.Brain):
     def _fit_train(self, train_set, epoch, enable):
         """SpeechBrain's train stage, with the train loader's generator seeded for this epoch. An epoch of
         fewer batches than one accumulation window would never take an optimizer step: that stops the run."""
-        batches = len(self._train_loader) if self._train_loader is not None else None
+        try:
+            batches = len(self._train_loader)
+        except TypeError:  # no loader yet, or an iterable dataset of unknown length
+            batches = None
         if batches is not None and batches < self.grad_accumulation_factor:
             raise RecipeError(
                 f"the training set gives {batches} batch(es) per epoch, fewer than grad_accumulation_factor="
