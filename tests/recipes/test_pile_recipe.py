@@ -1,6 +1,6 @@
 """lm/Pile specifics the shared recipe table does not see: the reference's weight decay on the Mamba
-mixers only, refusal of trajectory / waypoint guidance, and a killed run's data loader resuming at the same
-sample."""
+mixers only, refusal of trajectory / waypoint guidance, a killed run's data loader resuming at the same
+sample (also inside a validation segment of the second pass), and the segment setting's check."""
 
 import sys
 
@@ -8,7 +8,7 @@ import pytest
 import speechbrain as sb
 from conftest import ROOT, SAMPLES, load_repo_script
 
-from cald_brain.data.mmap_tokens import TokenSequences
+from cald_brain.data.mmap_tokens import SegmentedBatches, TokenSequences
 from cald_brain.optim import param_groups
 from cald_brain.recipe import RecipeError, load_hparams
 
@@ -76,3 +76,35 @@ def test_loader_resumes_at_the_same_sample(tmp_path):
     first = next(iter(resumed))
     assert first["id"] == ["seq6", "seq7"]
     assert first["input_ids"].tolist() == [data[6]["input_ids"].tolist(), data[7]["input_ids"].tolist()]
+
+
+def test_segment_loader_resumes_at_the_same_sample(tmp_path):
+    """Inside segment 5 of 8 (the second pass starts there: 24 batches of 2 per pass, 6 per segment)."""
+    data = TokenSequences(SAMPLES / "pile_mini" / "document", 0, 48, seq_length=129)
+
+    def loader() -> sb.dataio.dataloader.SaveableDataLoader:
+        stream = SegmentedBatches(len(data), 2, passes=2, batches_per_segment=6)
+        stream.set_epoch(5)  # as SpeechBrain does at the start of every epoch
+        return sb.dataio.dataloader.make_dataloader(data, batch_sampler=stream)
+
+    first = loader()
+    seen = []
+    for i, batch in enumerate(first):
+        seen.append(batch["id"])
+        if i == 2:
+            first._speechbrain_save(tmp_path / "loader.ckpt")
+            break
+    assert seen == [["seq0", "seq1"], ["seq2", "seq3"], ["seq4", "seq5"]]
+    resumed = loader()
+    resumed._speechbrain_load(tmp_path / "loader.ckpt", end_of_epoch=False)
+    assert [b["id"] for b in resumed] == [["seq6", "seq7"], ["seq8", "seq9"], ["seq10", "seq11"]]
+
+
+def test_valid_every_n_steps_must_be_positive():
+    train = load_repo_script("lm/Pile/train.py", "pile_train")
+    data = TokenSequences(SAMPLES / "pile_mini" / "document", 0, 8, seq_length=129)
+    hparams = {"valid_every_n_steps": 0, "batch_size": 2, "number_of_epochs": 1}
+    with pytest.raises(RecipeError, match="valid_every_n_steps must be a positive number"):
+        train.segmented_stream(hparams, data, 1)
+    stream = train.segmented_stream({**hparams, "valid_every_n_steps": 2}, data, 1)
+    assert (stream.segments, stream.optimizer_steps(1)) == (2, 4)
