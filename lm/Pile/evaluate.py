@@ -137,7 +137,7 @@ def load_tasks(manager: Any, tasks: list[str]) -> list[Any]:
     for task in tasks:
         try:
             found = manager.load([task])
-        except (OSError, ConnectionError) as err:  # datasets' offline / network errors are OSErrors
+        except OSError as err:  # what datasets raises offline or without network (ConnectionError, ...)
             raise EvaluationError(
                 f"lm-eval task {task}: its dataset could not be loaded ({type(err).__name__}: {err}). Tasks "
                 "whose data comes from the Hugging Face hub need network access or a filled "
