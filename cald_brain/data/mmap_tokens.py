@@ -11,18 +11,20 @@ the file sizes, and returns sequence i as the tokens at pointers[i]. `TokenSeque
 CALD reference uses (lm/open_instruct/pile_dataset.py): sequences in index order, the first `seq_length`
 tokens of each, a contiguous range of them (the training budget, then held-out ranges after it). Its items
 are plain indices in order, so SpeechBrain's saveable dataloader resumes a killed run at the same sample.
-`write_mmap_tokens` writes the format (used to build test corpora; the layout is that of Megatron's
-`MMapIndexedDataset.Index.writer`).
+`SegmentedBatches` cuts the reference's training stream (its passes over those sequences, in batches) into
+validation segments, one SpeechBrain epoch each. `write_mmap_tokens` writes the format (used to build test
+corpora; the layout is that of Megatron's `MMapIndexedDataset.Index.writer`).
 """
 
+import math
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -216,3 +218,66 @@ class TokenSequences(Dataset):
         index = self.start + i
         tokens = self.corpus[index][: self.seq_length]
         return {"id": f"seq{index}", "input_ids": torch.from_numpy(tokens.astype(np.int64))}
+
+
+class SegmentedBatches(Sampler[list[int]]):
+    """The reference's training stream cut into segments, one SpeechBrain epoch each (a batch sampler).
+
+    Stream: `passes` passes over items 0 .. num_items - 1 in index order, each pass in batches of
+    `batch_size` (the last batch of a pass may be shorter), as the reference's DataLoader (no shuffling) over
+    its num_train_epochs. With `world_size` processes, stream batch k goes to rank k % world_size (as
+    accelerate shards a data loader); the last stream batches that do not fill a round are left out, so
+    that every rank runs the same number of batches. Segment e (SpeechBrain epoch e + 1, chosen with
+    `set_epoch`) is the rank's batches e * batches_per_segment .. (e + 1) * batches_per_segment - 1, so the
+    segments together replay the stream exactly once, in order; the last one may be shorter.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        passes: int,
+        batches_per_segment: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if min(num_items, batch_size, passes, batches_per_segment, world_size) <= 0:
+            raise ValueError(
+                "SegmentedBatches: num_items, batch_size, passes, batches_per_segment and world_size must "
+                f"be > 0, got {num_items}, {batch_size}, {passes}, {batches_per_segment}, {world_size}"
+            )
+        self.num_items, self.batch_size = num_items, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_pass = math.ceil(num_items / batch_size)
+        self.rank_batches = passes * self.batches_per_pass // world_size
+        if self.rank_batches == 0:
+            raise ValueError(
+                f"SegmentedBatches: {passes} pass(es) of {self.batches_per_pass} batches do not give each "
+                f"of {world_size} processes a batch"
+            )
+        self.batches_per_segment = batches_per_segment
+        self.segments = math.ceil(self.rank_batches / batches_per_segment)
+        self.segment = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the segment of SpeechBrain epoch `epoch` (counted from 1)."""
+        if not 1 <= epoch <= self.segments:
+            raise ValueError(f"epoch {epoch} is past the last of the stream's {self.segments} segments")
+        self.segment = epoch - 1
+
+    def _bounds(self, segment: int) -> range:
+        start = segment * self.batches_per_segment
+        return range(start, min(start + self.batches_per_segment, self.rank_batches))
+
+    def __len__(self) -> int:
+        return len(self._bounds(self.segment))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for local in self._bounds(self.segment):
+            batch = (local * self.world_size + self.rank) % self.batches_per_pass
+            yield list(range(batch * self.batch_size, min((batch + 1) * self.batch_size, self.num_items)))
+
+    def optimizer_steps(self, grad_accumulation: int) -> int:
+        """Optimizer steps over every segment (a segment's incomplete last window does not step: SpeechBrain
+        drops it at the epoch's end)."""
+        return sum(len(self._bounds(s)) // grad_accumulation for s in range(self.segments))

@@ -6,10 +6,14 @@ A converted student has no KV cache (cald_brain.convert sets use_cache=False). I
 swaps each layer's mixer for a `StatefulMixer` that runs the mixer's `prefill` on the prompt and its `step`
 on every later token, so the unchanged Hugging Face model is called on one new token at a time. The rotary
 position the model computes for that token is ignored by the mixers, which carry position in their state.
-Prompts of a batch must have the same length (no padding).
+
+Prompts of unequal length come left-padded with their `attention_mask` (1 on real tokens), the Hugging Face
+convention. A converted model prefills the rows of each prompt length together on their real tokens only (the
+pads never enter a recurrent state), then steps every row at once; a transformer runs the padded batch with
+the mask and positions counted from each row's first real token. Either way a row decodes as it would alone.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -21,7 +25,8 @@ from cald_brain.convert.modules import MixerAttention
 
 class StatefulMixer(nn.Module):
     """A mixer bound to its layer's recurrent states: the first call (the prompt) runs `prefill`, every later
-    call one `step` per token."""
+    call one `step` per token. While `rows` is set, a call prefills only those rows of the batch (the rows
+    of one prompt length, see `Decoder.prefill`) and the next call is still a prefill."""
 
     def __init__(self, mixer: nn.Module, batch_size: int) -> None:
         super().__init__()
@@ -33,8 +38,14 @@ class StatefulMixer(nn.Module):
         self.mixer = mixer
         self.conv_state, self.ssm_state = mixer.allocate_inference_cache(batch_size)
         self.started = False
+        self.rows: torch.Tensor | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None:
+            conv_state, ssm_state = self.mixer.allocate_inference_cache(len(self.rows))
+            out = self.mixer.prefill(hidden_states, conv_state, ssm_state)
+            self.conv_state[self.rows], self.ssm_state[self.rows] = conv_state, ssm_state
+            return out
         if not self.started:
             self.started = True
             return self.mixer.prefill(hidden_states, self.conv_state, self.ssm_state)
@@ -78,15 +89,32 @@ def is_converted(model: nn.Module) -> bool:
     return bool(mixer_hosts(model))
 
 
+def prompt_lengths(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """Real tokens per row of a left-padded batch (None: no padding). Refuses any other mask layout."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1)
+    left_padded = torch.arange(length, device=mask.device) >= (length - lengths)[:, None]
+    if mask.shape[1] != length or not torch.equal(mask, left_padded) or bool((lengths == 0).any()):
+        raise ValueError(
+            "attention_mask must mark a left-padded batch of the prompts' shape: per row 0 on the pads, then "
+            "1 on at least one real token (tokenizer padding_side='left')"
+        )
+    return None if bool((lengths == length).all()) else lengths
+
+
 class Decoder:
-    """Incremental decoding of one batch: `prefill` (the prompt) then `step` (one token per call), each
-    returning the logits of the tokens given; `cache_bytes` is the memory the cache holds now. A converted
-    model keeps recurrent states (within `with Decoder(...)`), a transformer its KV cache."""
+    """Incremental decoding of one batch: `prefill` (the prompt, left-padded with its mask when the prompts
+    differ in length) then `step` (one token per call), each returning the logits of the tokens given (zeros
+    at pads); `cache_bytes` is the memory the cache holds now. A converted model keeps recurrent states
+    (within `with Decoder(...)`), a transformer its KV cache."""
 
     def __init__(self, model: PreTrainedModel, batch_size: int) -> None:
         self.model, self.batch_size = model, batch_size
         self.converted = is_converted(model)
         self.past = None
+        self.mask: torch.Tensor | None = None  # transformer: the padding mask of the tokens so far
         self._context = None
         self._stateful: list[StatefulMixer] = []
 
@@ -99,18 +127,47 @@ class Decoder:
     def __exit__(self, *exc) -> None:
         if self._context is not None:
             self._context.__exit__(*exc)
-        self.past = None
+        self.past = self.mask = None
 
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._run(input_ids)
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        lengths = prompt_lengths(attention_mask, input_ids.shape[1])
+        if lengths is None:
+            return self._run(input_ids)
+        if not self.converted:
+            self.mask = attention_mask.bool().long()
+            return self._run(input_ids).masked_fill(~self.mask.bool()[..., None], 0)
+        return self._prefill_by_length(input_ids, lengths)
+
+    def _prefill_by_length(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Recurrent prefill of a left-padded batch: the rows of each prompt length together, on their real
+        tokens only, each group's states written into its rows."""
+        total = input_ids.shape[1]
+        logits = None
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().squeeze(1)
+            for mixer in self._stateful:
+                mixer.rows = rows
+            group = self.model(input_ids=input_ids[rows, total - length :], use_cache=False).logits
+            if logits is None:
+                logits = group.new_zeros(input_ids.shape[0], total, group.shape[-1])
+            logits[rows, total - length :] = group
+        for mixer in self._stateful:
+            mixer.rows, mixer.started = None, True
+        return logits
 
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         return self._run(input_ids)
 
     def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.converted:
             return self.model(input_ids=input_ids, use_cache=False).logits
-        out = self.model(input_ids=input_ids, past_key_values=self.past, use_cache=True)
+        extra = {}
+        if self.mask is not None:  # positions count from each row's first real token
+            positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
+            extra = dict(attention_mask=self.mask, position_ids=positions[:, -input_ids.shape[1] :])
+        out = self.model(input_ids=input_ids, past_key_values=self.past, use_cache=True, **extra)
         self.past = out.past_key_values
         return out.logits
 
@@ -150,21 +207,25 @@ def generate(
     temperature: float = 0.0,
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
+    stop: Callable[[torch.Tensor], bool] | None = None,
 ) -> torch.Tensor:
     """Prompt (batch, length) + up to `max_new_tokens` new tokens, greedy (temperature 0) or sampled.
 
     A converted model decodes with its recurrent cache (memory per token constant in the context length), a
-    transformer with its KV cache. Stops early once every sequence has produced `eos_token_id` (later
-    positions of finished sequences repeat it).
+    transformer with its KV cache. Prompts of unequal length: left-padded, with their `attention_mask` (the
+    output keeps the padding; each row's tokens are those it gets alone). Stops early once every sequence
+    has produced `eos_token_id` (later positions of finished sequences repeat it) or once `stop` (called
+    with the tokens so far after each new token) returns True.
     """
     model.eval()
     tokens = input_ids
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     with Decoder(model, input_ids.shape[0]) as decoder:
-        logits = decoder.prefill(input_ids)[:, -1]
+        logits = decoder.prefill(input_ids, attention_mask)[:, -1]
         for i in range(max_new_tokens):
             tokens, done = _append(tokens, _pick(logits, temperature, generator), done, eos_token_id)
-            if bool(done.all()) or i == max_new_tokens - 1:
+            if bool(done.all()) or i == max_new_tokens - 1 or (stop is not None and stop(tokens)):
                 break
             logits = decoder.step(tokens[:, -1:])[:, -1]
     return tokens

@@ -12,9 +12,15 @@ on a range of an MMIDIDX corpus is measured too (e.g. the test range of train.py
 max_train_samples + valid_samples). The table (models x tasks) is printed and written to --output as
 Markdown, the raw results next to it as JSON.
 
+Generation tasks (generate_until) decode through cald_brain.models.generate, never Hugging Face's
+`model.generate()`: a student with its recurrent cache (constant memory per token), a transformer with its KV
+cache, the harness's left-padded batches row by row as each prompt alone; greedy or temperature sampling
+(other generation settings are refused).
+
 Needs the `lm-eval` package (`pip install -e ".[lm]"`). Tasks whose data the harness must download from the
 Hugging Face hub fail on a machine without network access; the error names the task. Local tasks (a folder
-of task YAMLs) are added with --include_path.
+of task YAMLs) are added with --include_path; when every task is found there, the harness's own task files
+are not indexed (saves ~25 s).
 """
 
 import argparse
@@ -32,6 +38,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from cald_brain.convert import load_student
 from cald_brain.convert.core import CONVERSION_KEY
 from cald_brain.data.mmap_tokens import PILE_SEQ_LENGTH, TokenSequences
+from cald_brain.models.generation import generate
 
 REFERENCE_TASKS = "lambada_openai,piqa,winogrande,wsc273,arc_easy,arc_challenge,sciq,logiqa"
 METRIC = "acc,none"  # the reference's metric key for every task
@@ -71,9 +78,74 @@ def load_lm(source: str, device: str) -> tuple[PreTrainedModel, bool]:
 def harness_model(model: PreTrainedModel, tokenizer: Any, batch_size: int, max_length: int | None = None):
     """The harness's Hugging Face LM class around a model instance (as the reference's
     HybridMambaEvalWrapper): the harness tokenizes, batches and scores continuations itself, so students and
-    teachers are scored by the same code."""
+    teachers are scored by the same code. Its generation goes through cald_brain's cached `generate`."""
     _, HFLM, _ = import_lm_eval()
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    from lm_eval.models import huggingface
+
+    class CachedGenerationLM(HFLM):
+        def _model_generate(self, context, max_length: int, stop: list[str], **kwargs) -> torch.Tensor:
+            """The harness's batched greedy / sampled generation (left-padded `context` and its
+            attention_mask, `stop` strings) by cald_brain's generate."""
+            attention_mask = kwargs.pop("attention_mask", None)
+            sample, temperature = kwargs.pop("do_sample", False), kwargs.pop("temperature", 0.0)
+            temperature = temperature if sample else 0.0
+            if kwargs or (sample and not temperature):
+                raise EvaluationError(
+                    f"generation settings {sorted(kwargs) or ['do_sample without temperature']} of a task: "
+                    "lm/Pile/evaluate.py decodes with cald_brain.models.generate (greedy, or sampling at a "
+                    "temperature) only"
+                )
+            criteria = huggingface.stop_sequences_criteria(
+                self.tokenizer, stop, context.shape[1], context.shape[0]
+            )
+            return generate(
+                self.model,
+                context,
+                max_length - context.shape[1],
+                temperature=temperature,
+                eos_token_id=self.tokenizer.eos_token_id,
+                attention_mask=attention_mask,
+                stop=lambda tokens: bool(criteria(tokens, None).all()),
+            )
+
+    return CachedGenerationLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length
+    )
+
+
+def task_manager(tasks: list[str], include_path: str | None) -> Any:
+    """The harness's task index: only the --include_path folder when it holds every task, else the harness's
+    own task files too (indexing those takes ~25 s)."""
+    _, _, TaskManager = import_lm_eval()
+    if include_path is not None:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    return TaskManager(include_path=include_path)
+
+
+def load_tasks(manager: Any, tasks: list[str]) -> list[Any]:
+    """The harness's task (or group) objects, loaded one task at a time so that a dataset the machine cannot
+    get fails with the name of its task."""
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise EvaluationError(
+            f"unknown lm-eval task(s) {', '.join(unknown)}; check the names (lm-eval --tasks list) or add "
+            "the folder of a local task YAML with --include_path"
+        )
+    loaded = []
+    for task in tasks:
+        try:
+            found = manager.load([task])
+        except OSError as err:  # what datasets raises offline or without network (ConnectionError, ...)
+            raise EvaluationError(
+                f"lm-eval task {task}: its dataset could not be loaded ({type(err).__name__}: {err}). Tasks "
+                "whose data comes from the Hugging Face hub need network access or a filled "
+                "HF_DATASETS_CACHE."
+            ) from err
+        groups = found.get("groups", {})
+        loaded += [groups[task]] if task in groups else list(found["tasks"].values())
+    return loaded
 
 
 def evaluate_model(
@@ -88,27 +160,15 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Zero-shot harness results for `tasks` ({"results": {task: {metric: value}}, "samples": ...}).
     manager: an lm_eval TaskManager to reuse (building one indexes every task YAML of the harness)."""
-    lm_eval, _, TaskManager = import_lm_eval()
-    manager = manager or TaskManager(include_path=include_path)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise EvaluationError(
-            f"unknown lm-eval task(s) {', '.join(unknown)}; check the names (lm-eval --tasks list) or add "
-            "the folder of a local task YAML with --include_path"
-        )
-    try:
-        return lm_eval.simple_evaluate(
-            model=harness_model(model, tokenizer, batch_size, max_length),
-            tasks=tasks,
-            num_fewshot=0,
-            task_manager=manager,
-            limit=limit,
-        )
-    except (OSError, ConnectionError) as err:
-        raise EvaluationError(
-            f"tasks {', '.join(tasks)}: the harness could not load a dataset ({type(err).__name__}: {err}). "
-            "Tasks from the Hugging Face hub need network access or a pre-filled HF_DATASETS_CACHE."
-        ) from err
+    lm_eval, _, _ = import_lm_eval()
+    manager = manager or task_manager(tasks, include_path)
+    return lm_eval.simple_evaluate(
+        model=harness_model(model, tokenizer, batch_size, max_length),
+        tasks=load_tasks(manager, tasks),
+        num_fewshot=0,
+        task_manager=manager,
+        limit=limit,
+    )
 
 
 @torch.no_grad()
@@ -165,10 +225,7 @@ def main(argv: list[str] | None = None) -> str:
     data = None
     if args.data_prefix is not None:
         data = TokenSequences(args.data_prefix, args.data_start, args.data_count, args.seq_length)
-    manager = None
-    if tasks:
-        _, _, TaskManager = import_lm_eval()  # fails before any model is loaded
-        manager = TaskManager(include_path=args.include_path)
+    manager = task_manager(tasks, args.include_path) if tasks else None  # fails before any model loads
     scores, raw = {}, {}
     for source in args.model:
         model, converted = load_lm(source, args.device)

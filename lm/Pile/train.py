@@ -8,8 +8,11 @@ or guided for the first 40 % of the steps (hybrid).
 
 Data: the Pythia pre-shuffled Pile in Megatron's MMIDIDX format, read in index order (cald_brain.data.
 mmap_tokens): the first `max_train_samples` sequences train, the next `valid_samples` validate (perplexity,
-best checkpoint), the next `test_samples` test. At the end the best student is exported in Hugging Face format
-to <output_folder>/student (loadable with cald_brain.load_student).
+best checkpoint), the next `test_samples` test. Training replays the reference's stream (`number_of_epochs`
+passes over the training sequences in index order) cut into segments of `valid_every_n_steps` optimizer
+steps; each segment is one SpeechBrain epoch: validation, checkpoint (the best by perplexity is kept) and
+resumption work per segment. At the end the best student is exported in Hugging Face format to
+<output_folder>/student (loadable with cald_brain.load_student).
 """
 
 import json
@@ -18,11 +21,12 @@ import os
 
 import speechbrain as sb
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from speechbrain.utils.distributed import if_main_process
 
 from cald_brain.brain import CALDBrain, ModelOutputs
-from cald_brain.data.mmap_tokens import MMapTokens, TokenSequences
+from cald_brain.data.mmap_tokens import MMapTokens, SegmentedBatches, TokenSequences
 from cald_brain.recipe import RecipeError, start_recipe
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +35,20 @@ LM_MODES = ("unguided", "target", "hybrid")
 
 class LM(CALDBrain):
     """Next-token prediction; student and teacher are cald_brain.models.CausalLM networks. As the reference,
-    each 2,049-token sequence gives 2,048 inputs and the 2,048 next tokens as targets."""
+    each 2,049-token sequence gives 2,048 inputs and the 2,048 next tokens as targets. The train loader's
+    batch sampler is a SegmentedBatches: SpeechBrain's epochs are its segments."""
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        """The segmented stream is the sampler, also under DDP (it shards itself by rank): SpeechBrain
+        would otherwise wrap it, or shuffle under DDP."""
+        self.train_sampler = loader_kwargs["batch_sampler"]
+        return loader_kwargs
+
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps of the whole stream (sizes the hybrid switch), or optimizer_step_limit."""
+        if self.optimizer_step_limit is not None:
+            return int(self.optimizer_step_limit)
+        return self.train_sampler.optimizer_steps(self.grad_accumulation_factor)
 
     def forward_model(self, model, batch, stage) -> ModelOutputs:
         return model(batch["input_ids"][:, :-1])
@@ -103,6 +120,24 @@ def datasets(hparams: dict) -> dict[str, TokenSequences]:
     return found
 
 
+def segmented_stream(hparams: dict, train: TokenSequences, grad_accumulation: int) -> SegmentedBatches:
+    """The reference's training stream (`number_of_epochs` passes, index order, `batch_size` per process) in
+    segments of `valid_every_n_steps` optimizer steps of `grad_accumulation` micro-batches (the run's
+    grad_accumulation_factor: a run option, which the command line may override)."""
+    steps = hparams["valid_every_n_steps"]
+    if not isinstance(steps, int) or steps <= 0:
+        raise RecipeError(f"valid_every_n_steps must be a positive number of optimizer steps, got {steps!r}")
+    distributed = dist.is_available() and dist.is_initialized()
+    return SegmentedBatches(
+        len(train),
+        hparams["batch_size"],
+        hparams["number_of_epochs"],
+        steps * grad_accumulation,
+        rank=dist.get_rank() if distributed else 0,
+        world_size=dist.get_world_size() if distributed else 1,
+    )
+
+
 def main() -> None:
     hparams, run_opts, hparams_file = start_recipe(RECIPE_DIR)
     mode = hparams.get("guidance_mode", "unguided")
@@ -118,11 +153,13 @@ def main() -> None:
     lm = LM(
         modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
     )
+    stream = segmented_stream(hparams, data["train"], lm.grad_accumulation_factor)
+    hparams["epoch_counter"].limit = stream.segments  # SpeechBrain's epochs are the stream's segments
     lm.fit(
         lm.hparams.epoch_counter,
         data["train"],
         data["valid"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
+        train_loader_kwargs={**hparams["train_dataloader_opts"], "batch_sampler": stream},
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     lm.evaluate(data["test"], min_key="perplexity", test_loader_kwargs=hparams["test_dataloader_opts"])

@@ -1,9 +1,9 @@
-"""lm/Pile/evaluate.py, the lm-evaluation-harness adapter: on a local multiple-choice task, the harness's
-per-choice log-likelihoods of a converted tiny-Pythia student and of the teacher equal an independent
-computation from one forward pass, and the command writes the models x tasks table. The harness part needs
-the optional `lm-eval` package (setup.py extra "lm") and is skipped without it (and marked slow: the harness
-indexes its task files at start-up); the perplexity column, the table and the missing-package error are
-tested always."""
+"""lm/Pile/evaluate.py, the lm-evaluation-harness adapter (lm-eval is in the test stack: requirements-dev.txt)
+on local tasks defined here (a multiple-choice task scored by log-likelihoods, as the reference's zero-shot
+tasks, and a generation task), the harness's results for a converted tiny-Pythia student and for the teacher
+equal an independent computation; the command writes the models x tasks table; a task whose data must come
+from the hub fails offline with its name; the perplexity column and the missing-package error. Every harness
+run is offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) and indexes only the local task folder."""
 
 import builtins
 import json
@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cald_brain.convert import load_and_convert
 from cald_brain.data.mmap_tokens import MMapTokens
+from cald_brain.models.generation import generate
 
 TINY_PYTHIA = SAMPLES / "models" / "tiny-pythia"
 DOCS = [
@@ -25,23 +26,45 @@ DOCS = [
     ("The function returns None if the key is not", ["found.", "purple."], 0),
     ("This method is called when the object is garbage", ["window", "collected."], 1),
 ]
+MAX_GEN_TOKS = 6
 evaluate = load_repo_script("lm/Pile/evaluate.py", "pile_evaluate")
 
 
-def local_task(folder) -> str:
-    """A zero-shot multiple-choice task in lm-eval's YAML format over a local JSON-lines file."""
-    data = folder / "tiny_choice.jsonl"
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No hub access, a fresh datasets cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+
+
+def write_task(folder, name: str, output_type: str, body: str) -> str:
+    """A zero-shot task in lm-eval's YAML format over the local JSON-lines file of DOCS."""
+    data = folder / "tiny_docs.jsonl"
     data.write_text(
         "".join(json.dumps({"context": c, "choices": ch, "label": y}) + "\n" for c, ch, y in DOCS)
     )
-    (folder / "tiny_choice.yaml").write_text(
-        "task: cald_tiny_choice\ndataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\noutput_type: multiple_choice\n"
-        'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
-        "metric_list:\n  - metric: acc\n"
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"test_split: test\noutput_type: {output_type}\n" + body
     )
-    return "cald_tiny_choice"
+    return name
+
+
+def choice_task(folder) -> str:
+    """Multiple choice: the choice with the highest log-likelihood after the context (metric acc)."""
+    body = 'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+    return write_task(folder, "cald_tiny_choice", "multiple_choice", body + "metric_list:\n  - metric: acc\n")
+
+
+def generation_task(folder) -> str:
+    """Greedy generation of up to MAX_GEN_TOKS tokens, cut at the first ".", scored by exact match."""
+    body = (
+        'doc_to_text: "{{context}}"\ndoc_to_target: "{{choices[label]}}"\n'
+        f'generation_kwargs:\n  until: ["."]\n  max_gen_toks: {MAX_GEN_TOKS}\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    return write_task(folder, "cald_tiny_generate", "generate_until", body)
 
 
 @torch.no_grad()
@@ -67,17 +90,16 @@ def student(tmp_path):
     return folder
 
 
-@pytest.mark.slow  # the harness indexes its thousands of task files at start-up
-def test_harness_scores_student_and_teacher_like_a_forward_pass(tmp_path, monkeypatch):
-    lm_eval_tasks = pytest.importorskip("lm_eval.tasks")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    task = local_task(tmp_path)
+def test_harness_scores_student_and_teacher_like_a_forward_pass(tmp_path, offline):
+    choice, generation = choice_task(tmp_path), generation_task(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(TINY_PYTHIA)
-    manager = lm_eval_tasks.TaskManager(include_path=str(tmp_path))
+    manager = evaluate.task_manager([choice, generation], str(tmp_path))
+    assert sorted(manager.all_tasks) == [choice, generation]  # the harness's own task files not indexed
     for source in (student(tmp_path), TINY_PYTHIA):
         model, _ = evaluate.load_lm(str(source), "cpu")
-        out = evaluate.evaluate_model(model, tokenizer, [task], manager=manager)
-        samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+        model.generate = None  # Hugging Face's generate must not be used: the harness decodes via ours
+        out = evaluate.evaluate_model(model, tokenizer, [choice, generation], batch_size=4, manager=manager)
+        samples = sorted(out["samples"][choice], key=lambda s: s["doc_id"])
         assert len(samples) == len(DOCS)
         correct = 0
         for sample, (context, choices, label) in zip(samples, DOCS, strict=True):
@@ -85,14 +107,18 @@ def test_harness_scores_student_and_teacher_like_a_forward_pass(tmp_path, monkey
             expected = choice_logliks(model, tokenizer, context, choices)
             assert harness == pytest.approx(expected, abs=1e-3)
             correct += int(max(range(len(choices)), key=expected.__getitem__) == label)
-        assert out["results"][task]["acc,none"] == pytest.approx(correct / len(DOCS))
+        assert out["results"][choice]["acc,none"] == pytest.approx(correct / len(DOCS))
+        # generation: batches of 4 unequal prompts, left-padded by the harness; each as the prompt alone
+        for sample in out["samples"][generation]:
+            context = DOCS[sample["doc_id"]][0]
+            ids = torch.tensor([tokenizer(context)["input_ids"]])
+            alone = generate(model, ids, MAX_GEN_TOKS, eos_token_id=tokenizer.eos_token_id)[0, ids.shape[1] :]
+            text = tokenizer.decode(alone).split(".")[0].split(tokenizer.eos_token)[0]
+            assert sample["resps"] == [[text]]
 
 
-@pytest.mark.slow
-def test_command_writes_the_table(tmp_path, monkeypatch):
-    pytest.importorskip("lm_eval")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    task = local_task(tmp_path)
+def test_command_writes_the_table(tmp_path, offline):
+    task = choice_task(tmp_path)
     folder = student(tmp_path)
     output = tmp_path / "table.md"
     table = evaluate.main(
@@ -109,10 +135,37 @@ def test_command_writes_the_table(tmp_path, monkeypatch):
         f"{folder} (student)",
         f"{TINY_PYTHIA} (transformer)",
     }
-    with pytest.raises(SystemExit, match="unknown lm-eval task"):
+    manager = evaluate.task_manager([task], str(tmp_path))
+    with pytest.raises(SystemExit, match="unknown lm-eval task.*no_such_task"):
+        evaluate.load_tasks(manager, [task, "no_such_task"])
+
+
+def test_task_needing_a_download_fails_offline_with_its_name(tmp_path, offline):
+    """A task whose dataset is on the hub (ARC-Easy, one of the reference's tasks, loaded as the harness's
+    own YAML loads it)."""
+    body = (
+        "dataset_name: ARC-Easy\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices.text}}"\ndoc_to_target: 0\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    task = write_task(tmp_path, "cald_hub_arc", "multiple_choice", body)
+    yaml = tmp_path / f"{task}.yaml"
+    yaml.write_text(yaml.read_text().replace("dataset_path: json", "dataset_path: allenai/ai2_arc"))
+    with pytest.raises(
+        SystemExit, match=f"lm-eval task {task}: its dataset could not be loaded.*network access"
+    ):
         evaluate.main(
-            [f"--model={TINY_PYTHIA}", "--tasks=no_such_task", "--device=cpu", f"--output={output}"]
+            [f"--model={TINY_PYTHIA}", f"--tasks={task}", f"--include_path={tmp_path}", "--device=cpu"]
         )
+
+
+@pytest.mark.slow  # indexing the harness's own task files takes ~25 s
+def test_reference_tasks_fail_offline_with_their_names(offline):
+    tasks = evaluate.REFERENCE_TASKS.split(",")
+    manager = evaluate.task_manager(tasks, None)
+    for task in tasks:
+        with pytest.raises(SystemExit, match=f"lm-eval task {task}: its dataset could not be loaded"):
+            evaluate.load_tasks(manager, [task])
 
 
 def test_results_table():

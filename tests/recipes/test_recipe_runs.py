@@ -52,6 +52,7 @@ RECIPES = {
         f"--pretrained_source={SAMPLES / 'models' / 'tiny-pythia'}",
         "--seq_length=129",
         "--max_train_samples=48",
+        "--valid_every_n_steps=6",  # 2 passes x 24 batches: 8 segments (SpeechBrain epochs)
         "--valid_samples=8",
         "--test_samples=8",
         "--batch_size=2",

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from cald_brain.convert import load_and_convert, load_student
 from cald_brain.mixers.mamba import Mamba
 from cald_brain.mixers.mamba2 import Mamba2
-from cald_brain.models.generation import decode_logits, generate, mixer_hosts, recurrent_decoding
+from cald_brain.models.generation import Decoder, decode_logits, generate, mixer_hosts, recurrent_decoding
 
 TINY_PYTHIA = SAMPLES / "models" / "tiny-pythia"
 MIXERS = {"mamba": dict(d_inner=96, dt_rank=4), "mamba2": dict(headdim=32, d_state=16)}
@@ -95,3 +95,61 @@ def test_teacher_uses_its_kv_cache_and_eos_stops():
     out = generate(teacher, ids[:, :4], max_new_tokens=5)
     first = int(out[0, 4])
     assert generate(teacher, ids[:, :4], max_new_tokens=5, eos_token_id=first).shape[1] == 5  # stops at eos
+
+
+def left_padded(prompts: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of unequal length as one left-padded batch and its attention mask."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :], mask[row, width - len(prompt) :] = prompt, 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("source", ["mamba", "mamba2", "teacher"])
+def test_padded_batch_of_unequal_prompts_decodes_each_as_alone(source):
+    model = (
+        AutoModelForCausalLM.from_pretrained(TINY_PYTHIA).eval() if source == "teacher" else converted(source)
+    )
+    vocab = model.config.vocab_size
+    lengths = (2, 9, 5, 9)  # two rows of one length share a prefill; 2 is shorter than the conv width
+    prompts = [
+        torch.randint(1, vocab, (n,), generator=torch.Generator().manual_seed(n + row))
+        for row, n in enumerate(lengths)
+    ]
+    ids, mask = left_padded(prompts, pad_id=0)
+    out = generate(model, ids, max_new_tokens=6, attention_mask=mask)
+    for row, prompt in enumerate(prompts):
+        alone = generate(model, prompt[None], max_new_tokens=6)
+        assert torch.equal(out[row, ids.shape[1] - len(prompt) :], alone[0]), row
+        assert torch.equal(out[row, : ids.shape[1] - len(prompt)], ids[row, : ids.shape[1] - len(prompt)])
+    # the logits, too: the padded prefill and each later step equal the row's own uncached forward
+    with Decoder(model, len(prompts)) as decoder:
+        prefill = decoder.prefill(ids, mask)
+        step = decoder.step(out[:, ids.shape[1] : ids.shape[1] + 1])
+    with torch.no_grad():
+        for row, prompt in enumerate(prompts):
+            full = model(input_ids=out[row, ids.shape[1] - len(prompt) : ids.shape[1] + 1][None]).logits[0]
+            torch.testing.assert_close(
+                prefill[row, ids.shape[1] - len(prompt) :], full[:-1], atol=1e-4, rtol=1e-4
+            )
+            torch.testing.assert_close(step[row], full[-1:], atol=1e-4, rtol=1e-4)
+
+
+def test_padding_other_than_left_is_refused():
+    model = converted("mamba")
+    ids = torch.ones(2, 4, dtype=torch.long)
+    for mask in ([[1, 1, 0, 0], [1, 1, 1, 1]], [[0, 1, 0, 1], [1, 1, 1, 1]], [[0, 0, 0, 0], [1, 1, 1, 1]]):
+        with pytest.raises(ValueError, match="left-padded"):
+            generate(model, ids, max_new_tokens=1, attention_mask=torch.tensor(mask))
+
+
+def test_stop_callback_ends_generation():
+    model = converted("mamba")
+    prompt = torch.randint(0, model.config.vocab_size, (1, 3), generator=torch.Generator().manual_seed(4))
+    seen = []
+    out = generate(
+        model, prompt, max_new_tokens=10, stop=lambda tokens: seen.append(tokens.shape[1]) or len(seen) == 2
+    )
+    assert out.shape[1] == 5 and seen == [4, 5]

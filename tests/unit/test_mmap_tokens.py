@@ -1,7 +1,7 @@
 """The MMIDIDX reader and writer (cald_brain.data.mmap_tokens): files written by our writer are checked byte
 by byte against the format spec (shared/reference/DATA_FORMATS.md, Pile section), independently of our reader;
 the reader validates headers, memory-maps, returns exact sequences in the reference's order, and the committed
-mini corpus is such a file."""
+mini corpus is such a file; the segmented training stream replays the reference's passes and batches."""
 
 import pickle
 import struct
@@ -15,6 +15,7 @@ from cald_brain.data.mmap_tokens import (
     MAGIC,
     MMapFormatError,
     MMapTokens,
+    SegmentedBatches,
     TokenSequences,
     write_mmap_tokens,
 )
@@ -130,3 +131,26 @@ def test_committed_mini_corpus():
     vocab = 1024  # tests/samples/models/tiny-pythia
     assert all(0 <= int(data[i].max()) < vocab for i in range(len(data)))
     assert len(TokenSequences(data, 0, 64, seq_length=129)) == 64
+
+
+def segments(stream: SegmentedBatches) -> list[list[list[int]]]:
+    out = []
+    for epoch in range(1, stream.segments + 1):
+        stream.set_epoch(epoch)
+        out.append(list(stream))
+        assert len(stream) == len(out[-1])
+    return out
+
+
+def test_segments_replay_the_reference_passes_in_order():
+    # 10 items in batches of 3 (the last batch of a pass has 1), 2 passes, segments of 3 batches
+    passes = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]] * 2
+    stream = SegmentedBatches(10, 3, passes=2, batches_per_segment=3)
+    assert segments(stream) == [passes[0:3], passes[3:6], passes[6:8]]
+    assert stream.optimizer_steps(3) == 2 and stream.optimizer_steps(1) == 8  # 3 // 3 + 3 // 3 + 2 // 3
+    with pytest.raises(ValueError, match="past the last of the stream's 3 segments"):
+        stream.set_epoch(4)
+    # two processes: stream batch k goes to rank k % 2, each rank's batches cut into segments of 2
+    rank0, rank1 = (SegmentedBatches(10, 3, 2, 2, rank=r, world_size=2) for r in (0, 1))
+    assert segments(rank0) == [[passes[0], passes[2]], [passes[4], passes[6]]]
+    assert segments(rank1) == [[passes[1], passes[3]], [passes[5], passes[7]]]
