@@ -9,9 +9,11 @@ naming it in `needs`; `{out:<row id>}` in its overrides is replaced by that fold
 only with `make test-all` (each invocation costs ~10 s of CPU in imports alone, so the CI set keeps a few
 rows per recipe family and the full matrix stays available).
 
-Every run resolves hub names offline from a Hugging Face cache built here (HUB_MODELS): the TED-LIUM rows
-use the YAML's own `pretrained_source`, facebook/wav2vec2-base, as a GPU user does, here a tiny model with the
-real checkpoint's LayerDrop 0.1 and layer-norm layout (one row uses large-lv60's stable layout).
+Every run resolves hub names offline from a Hugging Face cache built here (HUB_MODELS, HUB_FOLDERS) and uses
+its YAML's own `pretrained_source`, as a GPU user does: facebook/wav2vec2-base (TED-LIUM) and
+facebook/wav2vec2-large-lv60 (SLURP, VoxCeleb1) are tiny models with the real checkpoints' LayerDrop 0.1 and
+layer-norm layouts; roberta-base and EleutherAI/pythia-1b are the committed tiny pretrained RoBERTa and
+Pythia, tokenizers included.
 """
 
 import re
@@ -49,7 +51,6 @@ RECIPES = {
     "recipes/TEDLIUM": (f"--data_folder={SAMPLES / 'TEDLIUM_release-3'}", *TEDLIUM_SAMPLE_OVERRIDES),
     "lm/Pile": (
         f"--data_prefix={SAMPLES / 'pile_mini' / 'document'}",
-        f"--pretrained_source={SAMPLES / 'models' / 'tiny-pythia'}",
         "--seq_length=129",
         "--max_train_samples=48",
         "--valid_every_n_steps=6",  # 2 passes x 24 batches: 8 segments (SpeechBrain epochs)
@@ -64,7 +65,6 @@ RECIPES = {
     # several), fp32 on CPU, heads sized for the samples' label sets.
     "recipes/SLURP": (
         f"--data_folder={SAMPLES / 'SLURP'}",
-        f"--pretrained_source={SAMPLES / 'models' / 'tiny-wav2vec2'}",
         "--max_batch_items=2",
         "--grad_accumulation_factor=1",
         "--precision=fp32",
@@ -73,7 +73,6 @@ RECIPES = {
     ),
     "recipes/VoxCeleb1": (
         f"--data_folder={SAMPLES / 'VoxCeleb1'}",
-        f"--pretrained_source={SAMPLES / 'models' / 'tiny-wav2vec2'}",
         "--max_batch_items=2",
         "--grad_accumulation_factor=1",
         "--precision=fp32",
@@ -81,17 +80,22 @@ RECIPES = {
         "--num_speakers=5",
         "--train_crop_seconds=1.0",
     ),
-    "nlp/GLUE": (f"--pretrained_source={SAMPLES / 'models' / 'tiny-roberta'}", "--batch_size=2"),
+    "nlp/GLUE": ("--batch_size=2",),
     "nlp/IMDB": (
         f"--data_folder={SAMPLES / 'aclImdb'}",
-        f"--pretrained_source={SAMPLES / 'models' / 'tiny-roberta'}",
         "--batch_size=2",
     ),
 }
-# Hub name -> (layer-norm layout, LayerDrop) of the tiny stand-in in the offline cache.
+# The YAMLs' default hub names, as the offline cache holds them: a tiny random Wav2Vec2 in the real
+# checkpoint's layer-norm layout and LayerDrop (speech recipes), or a committed tiny pretrained model of the
+# same family with its tokenizer (text and LM recipes).
 HUB_MODELS = {
-    "facebook/wav2vec2-base": ("base", 0.1),
-    "facebook/wav2vec2-large-lv60": ("stable", 0.1),
+    "facebook/wav2vec2-base": ("base", 0.1),  # TED-LIUM
+    "facebook/wav2vec2-large-lv60": ("stable", 0.1),  # SLURP, VoxCeleb1
+}
+HUB_FOLDERS = {
+    "roberta-base": SAMPLES / "models" / "tiny-roberta",  # nlp/GLUE, nlp/IMDB
+    "EleutherAI/pythia-1b": SAMPLES / "models" / "tiny-pythia",  # lm/Pile
 }
 TINY_BIMAMBA2 = ("--headdim=32", "--d_state=16")
 TEDLIUM_TEACHER = "--teacher_path={out:tedlium-teacher}/save"
@@ -276,6 +280,8 @@ def hub_env(tmp_path_factory) -> dict[str, str]:
     for name, (layout, layerdrop) in HUB_MODELS.items():
         folder = tiny_audio_checkpoint(tmp_path_factory.mktemp("model") / "m", layout, layerdrop)
         offline_hub_cache(hf_home, name, Path(folder))
+    for name, folder in HUB_FOLDERS.items():
+        offline_hub_cache(hf_home, name, folder)
     return offline_hub_env(hf_home)
 
 
