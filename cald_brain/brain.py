@@ -176,6 +176,28 @@ class CALDBrain(sb.Brain):
             stats["skipped_steps"] = self.skipped_steps
         return stats
 
+    def log_validation(
+        self, epoch: int, stage_stats: dict, meta: dict, extra_meta: dict | None = None, **best_keys
+    ) -> None:
+        """End of a validation: log the epoch's train and valid stats (`extra_meta` after epoch and steps),
+        then checkpoint with `meta` and keep the `checkpoints_to_keep` best by `best_keys` (SpeechBrain's
+        `min_keys=[...]` / `max_keys=[...]`)."""
+        self.hparams.train_logger.log_stats(
+            stats_meta={"epoch": epoch, "steps": self.optimizer_step, **(extra_meta or {})},
+            train_stats=self.train_stats,
+            valid_stats=stage_stats,
+        )
+        self.checkpointer.save_and_keep_only(
+            meta=meta, num_to_keep=self.hparams.checkpoints_to_keep, **best_keys
+        )
+
+    def log_test(self, stage_stats: dict, **stats_meta) -> None:
+        """End of a test: log its stats with the epoch of the checkpoint loaded for it."""
+        self.hparams.train_logger.log_stats(
+            stats_meta={"Epoch loaded": self.hparams.epoch_counter.current, **stats_meta},
+            test_stats=stage_stats,
+        )
+
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Default: keep the train stats for the recipe's VALID logging."""
         if stage == sb.Stage.TRAIN:

@@ -109,20 +109,9 @@ class UtteranceClassifier(CALDBrain):
             return
         stage_stats["ACC"] = self.stats.accuracy()
         if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "steps": self.optimizer_step},
-                train_stats=self.train_stats,
-                valid_stats=stage_stats,
-            )
-            self.checkpointer.save_and_keep_only(
-                meta={"ACC": stage_stats["ACC"]},
-                max_keys=["ACC"],
-                num_to_keep=self.hparams.checkpoints_to_keep,
-            )
+            self.log_validation(epoch, stage_stats, meta={"ACC": stage_stats["ACC"]}, max_keys=["ACC"])
             return
-        self.hparams.train_logger.log_stats(
-            stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stage_stats
-        )
+        self.log_test(stage_stats)
         if if_main_process():
             self.stats.write_predictions(self.hparams.test_predictions_file, self.labels)
             with open(self.hparams.test_metrics_file, "w", encoding="utf-8") as w:

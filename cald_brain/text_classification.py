@@ -236,21 +236,10 @@ class TextClassification(CALDBrain):
         references = torch.cat(self.references).numpy()
         stage_stats.update(compute_metrics(self.task, predictions, references))
         if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "steps": self.optimizer_step},
-                train_stats=self.train_stats,
-                valid_stats=stage_stats,
-            )
-            self.checkpointer.save_and_keep_only(
-                meta={SCORE_KEY: stage_stats[self.task.metrics[0]]},
-                max_keys=[SCORE_KEY],
-                num_to_keep=self.hparams.checkpoints_to_keep,
-            )
+            meta = {SCORE_KEY: stage_stats[self.task.metrics[0]]}
+            self.log_validation(epoch, stage_stats, meta=meta, max_keys=[SCORE_KEY])
             return
-        self.hparams.train_logger.log_stats(
-            stats_meta={"Epoch loaded": self.hparams.epoch_counter.current, "split": self.eval_split},
-            test_stats=stage_stats,
-        )
+        self.log_test(stage_stats, split=self.eval_split)
         self.test_results[self.eval_split] = {k: v for k, v in stage_stats.items() if k != "loss"}
         if if_main_process():
             with open(self.hparams.test_metrics_file, "w", encoding="utf-8") as w:

@@ -73,24 +73,15 @@ class LM(CALDBrain):
             return
         stage_stats["perplexity"] = math.exp(self.nll_sum / self.token_count)
         if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
-                stats_meta={
-                    "epoch": epoch,
-                    "steps": self.optimizer_step,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                },
-                train_stats=self.train_stats,
-                valid_stats=stage_stats,
-            )
-            self.checkpointer.save_and_keep_only(
+            self.log_validation(
+                epoch,
+                stage_stats,
                 meta={"perplexity": stage_stats["perplexity"]},
+                extra_meta={"lr": self.optimizer.param_groups[0]["lr"]},
                 min_keys=["perplexity"],
-                num_to_keep=self.hparams.checkpoints_to_keep,
             )
         else:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stage_stats
-            )
+            self.log_test(stage_stats)
             if if_main_process():
                 with open(self.hparams.test_metrics_file, "w", encoding="utf-8") as w:
                     json.dump({"perplexity": stage_stats["perplexity"], "loss": stage_loss}, w)

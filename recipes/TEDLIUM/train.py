@@ -61,20 +61,10 @@ class ASR(CALDBrain):
         stage_stats["WER"] = self.wer_metric.summarize("error_rate")
         stage_stats["CER"] = self.cer_metric.summarize("error_rate")
         if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "steps": self.optimizer_step},
-                train_stats=self.train_stats,
-                valid_stats=stage_stats,
-            )
-            self.checkpointer.save_and_keep_only(
-                meta={"WER": stage_stats["WER"], "CER": stage_stats["CER"]},
-                min_keys=["WER"],
-                num_to_keep=self.hparams.checkpoints_to_keep,
-            )
+            meta = {"WER": stage_stats["WER"], "CER": stage_stats["CER"]}
+            self.log_validation(epoch, stage_stats, meta=meta, min_keys=["WER"])
         else:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stage_stats
-            )
+            self.log_test(stage_stats)
             if if_main_process():
                 with open(self.hparams.test_wer_file, "w", encoding="utf-8") as w:
                     self.wer_metric.write_stats(w)
