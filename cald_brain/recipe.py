@@ -6,6 +6,7 @@ Before anything heavy is built, run options and `--key=value` overrides are chec
 the output folder is locked so that a second run on it is refused (see `cald_brain.run_control`).
 """
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -16,16 +17,19 @@ from typing import Any
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml, resolve_references
-from ruamel.yaml import YAML
+from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.comments import TaggedScalar
 
 from cald_brain.distill.guidance import GuidanceConfig
 from cald_brain.distill.losses import DistillLossConfig
 from cald_brain.run_control import (
+    RUN_IDENTITY_KEYS,
     TYPE_NAMES,
     FolderInUseError,
+    RunIdentityError,
     RunLock,
     StopRequest,
+    check_run_identity,
     check_run_options,
     scalar_type,
 )
@@ -74,15 +78,33 @@ def load_hparams(hparams_file: str, overrides: str | dict | None = None) -> dict
         return load_hyperpyyaml(fin, overrides)
 
 
-def output_folder_of(hparams_file: str, overrides: str | dict | None = None) -> str:
-    """`output_folder` of the hparams with the overrides, without building any object (cheap: the folder is
-    locked before the models are loaded)."""
+def resolved_top_level(hparams_file: str, overrides: str | dict | None = None) -> dict[str, Any]:
+    """The top-level entries of the hparams with the overrides and `!ref`s applied, without building any
+    object (cheap: the folder is locked and checked before the models are loaded). Tagged entries (`!new:`
+    ...) stay unbuilt."""
     with open(hparams_file, encoding="utf-8") as fin, _yaml_errors(hparams_file):
         resolved = resolve_references(fin, overrides)
-    folder = YAML(typ="rt").load(resolved).get("output_folder")
+    return dict(YAML(typ="rt").load(resolved) or {})
+
+
+def output_folder_of(hparams_file: str, overrides: str | dict | None = None) -> str:
+    """`output_folder` of the hparams with the overrides (see `resolved_top_level`)."""
+    folder = resolved_top_level(hparams_file, overrides).get("output_folder")
     if not isinstance(folder, str):
         raise RecipeError(f"{hparams_file}: output_folder must be set to a folder, got {folder!r}")
     return folder
+
+
+def run_identity(hparams_file: str, overrides: str | dict | None = None) -> dict[str, Any]:
+    """The values of RUN_IDENTITY_KEYS for this run: the hparams file's name and each key the hparams set to
+    a plain value (see `cald_brain.run_control.check_run_identity`)."""
+    top = resolved_top_level(hparams_file, overrides)
+    identity = {"hparams_file": os.path.basename(hparams_file)}
+    for key in RUN_IDENTITY_KEYS:
+        value = top.get(key)
+        if isinstance(value, (str, int, float, bool)):
+            identity[key] = value
+    return identity
 
 
 def typed_run_options(run_opts: Any) -> Any:
@@ -127,15 +149,33 @@ def _default_types(hparams_file: str) -> dict[str, type]:
     return {key: kind for key in raw if (kind := type_of(str(key))) is not None}
 
 
+def parse_overrides(overrides: str | dict | None) -> dict[str, Any]:
+    """The `--key=value` overrides as a dict; a key given twice or unparsable YAML is a RecipeError naming
+    it."""
+    if not overrides:
+        return {}
+    if not isinstance(overrides, str):
+        return dict(overrides)
+    keys = [line.split(":", 1)[0] for line in overrides.splitlines() if line and not line[0].isspace()]
+    repeated = [key for key, count in collections.Counter(keys).items() if count > 1]
+    if repeated:
+        raise RecipeError(
+            f"{', '.join(f'--{key}' for key in repeated)} given more than once on the command line; give "
+            "each override once"
+        )
+    try:
+        return YAML(typ="safe", pure=True).load(overrides) or {}
+    except YAMLError as err:
+        raise RecipeError(f"the command-line overrides are not valid YAML values ({err})") from err
+
+
 def check_override_types(hparams_file: str, overrides: str | dict | None) -> None:
     """Each `--key=value` override must have the type of the key's default in the hparams file (an integer
     where 0.5 or "abc" would only fail deep inside the run); a mismatch is a RecipeError naming key and
     type."""
-    if not overrides:
-        return
-    values = YAML(typ="safe", pure=True).load(overrides) if isinstance(overrides, str) else overrides
+    values = parse_overrides(overrides)
     expected = _default_types(hparams_file)
-    for key, value in (values or {}).items():
+    for key, value in values.items():
         kind = expected.get(key)
         if kind is None or value is None or kind is str:
             continue
@@ -161,9 +201,20 @@ def lock_output_folder(folder: str) -> RunLock | None:
     return lock
 
 
+def check_output_folder(folder: str, hparams_file: str, overrides: str | dict | None) -> None:
+    """The output folder must hold this run's kind of results (`check_run_identity`; rank 0 only)."""
+    if not sb.utils.distributed.if_main_process():
+        return
+    try:
+        check_run_identity(folder, run_identity(hparams_file, overrides))
+    except RunIdentityError as err:
+        raise RecipeError(str(err)) from err
+
+
 def start_recipe(recipe_dir: str, argv: list[str] | None = None) -> tuple[dict[str, Any], Any, str]:
     """Parse and type-check the command line, join the DDP group, load the hparams, lock the output folder
-    (one run at a time), handle SIGUSR1 (checkpoint and stop) and create the experiment folder.
+    (one run at a time), check that it holds this kind of run (task, guidance mode, model, data), handle
+    SIGUSR1 and SIGTERM (checkpoint and stop) and create the experiment folder.
 
     Returns (hparams, run_opts, hparams_file).
     """
@@ -173,7 +224,9 @@ def start_recipe(recipe_dir: str, argv: list[str] | None = None) -> tuple[dict[s
     run_opts = typed_run_options(run_opts)
     check_override_types(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
-    lock_output_folder(output_folder_of(hparams_file, overrides))
+    folder = output_folder_of(hparams_file, overrides)
+    lock_output_folder(folder)
+    check_output_folder(folder, hparams_file, overrides)
     hparams = load_hparams(hparams_file, overrides)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],

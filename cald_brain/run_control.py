@@ -1,5 +1,6 @@
 """Run control shared by every recipe: one live run per output folder, a clean stop on SIGUSR1 (SLURM's
-warning before the time limit or a preemption), and run options checked against the types SpeechBrain
+warning before the time limit or a preemption) or SIGTERM (`kill`, `scancel`, container runtimes), an output
+folder that keeps holding the run it was made for, and run options checked against the types SpeechBrain
 declares (its command line leaves some of them as strings).
 """
 
@@ -21,11 +22,17 @@ from typing import Any
 
 from speechbrain.utils.run_opts import RunOptions
 
+from cald_brain.data.manifests import write_atomic
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
+IDENTITY_NAME = "run_identity.json"
 STOP_SIGNAL = signal.SIGUSR1
 STOP_EXIT_CODE = 85  # a run stopped on STOP_SIGNAL after saving a checkpoint; the SLURM template requeues it
+# Every signal that stops a run cleanly, and the exit status after its checkpoint. SIGTERM exits as a
+# process killed by it would (128 + 15), so that a cancelled SLURM job is not requeued.
+STOP_EXIT_CODES = {STOP_SIGNAL: STOP_EXIT_CODE, signal.SIGTERM: 128 + signal.SIGTERM}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,42 +158,48 @@ class RunLock:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Stop on SIGUSR1
+# Stop on SIGUSR1 / SIGTERM
 # ----------------------------------------------------------------------------------------------------------
 
 
 class StopRequest:
-    """Set when STOP_SIGNAL arrives; the Brain checks it at the end of each optimizer step, saves a checkpoint
-    and exits with STOP_EXIT_CODE (so a batch script can requeue the job)."""
+    """Set when a signal of STOP_EXIT_CODES arrives; the Brain checks it at the end of each optimizer step,
+    saves a checkpoint and exits with the signal's exit status (85 for SIGUSR1, so that a batch script can
+    requeue the job). `signal` is the last signal received."""
 
     requested = False
-    installed = False
+    signal: signal.Signals = STOP_SIGNAL
 
     @classmethod
     def _handle(cls, signum: int, frame: types.FrameType | None) -> None:
         del frame
-        cls.requested = True
+        cls.requested, cls.signal = True, signal.Signals(signum)
         logger.warning(
-            f"Received {signal.Signals(signum).name}: saving a checkpoint at the end of this optimizer step, "
-            "then stopping"
+            f"Received {cls.signal.name}: saving a checkpoint at the end of this optimizer step, then "
+            "stopping (outside training, e.g. during the final test, the run goes on; SIGKILL stops it at "
+            "once, losing the work since the last checkpoint)"
         )
 
     @classmethod
     def install(cls) -> None:
-        """Handle STOP_SIGNAL from now on (main thread only; idempotent)."""
-        if not cls.installed and threading.current_thread() is threading.main_thread():
-            signal.signal(STOP_SIGNAL, cls._handle)
-            cls.installed = True
+        """Handle the stop signals from now on (main thread only; idempotent)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_EXIT_CODES:
+            if signal.getsignal(signum) != cls._handle:
+                signal.signal(signum, cls._handle)
 
 
 class StoppedOnSignal(SystemExit):
-    """Raised after the checkpoint following a stop request: the process exits with STOP_EXIT_CODE."""
+    """Raised after the checkpoint following a stop request: the process exits with the signal's status."""
 
     def __init__(self, checkpoint: str) -> None:
+        received = StopRequest.signal
         logger.warning(
-            f"Stopped on {STOP_SIGNAL.name} after saving {checkpoint}; run the same command again to resume"
+            f"Stopped on {received.name} after saving {checkpoint}; run the same command again to resume "
+            "from it"
         )
-        super().__init__(STOP_EXIT_CODE)
+        super().__init__(STOP_EXIT_CODES[received])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -240,3 +253,63 @@ def check_run_options(options: dict[str, Any]) -> dict[str, Any]:
         for key, value in options.items()
         if key in RUN_OPTION_TYPES
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What an output folder holds
+# ----------------------------------------------------------------------------------------------------------
+
+# The settings that define what an output folder holds (those a recipe's hparams have): a rerun into the same
+# folder with another value would resume, score or overwrite the other run's results.
+RUN_IDENTITY_KEYS = (
+    "hparams_file",
+    "task",
+    "guidance_mode",
+    "mixer",
+    "pretrained_source",
+    "teacher_path",
+    "data_folder",
+    "data_prefix",
+)
+# What a run leaves once it has trained or scored something (searched for anywhere in the output folder).
+RESULT_PATTERNS = ("CKPT+*", "train_log.txt", "*metrics*.json")
+
+
+class RunIdentityError(RuntimeError):
+    """The output folder holds the results of a run with other defining settings."""
+
+
+def holds_results(folder: str | Path) -> bool:
+    """True when `folder` holds a checkpoint, a training log or test metrics (not only start-up files)."""
+    folder = Path(folder)
+    return any(next(folder.rglob(pattern), None) is not None for pattern in RESULT_PATTERNS)
+
+
+def check_run_identity(folder: str | Path, identity: dict[str, Any]) -> None:
+    """Compare `identity` (RUN_IDENTITY_KEYS -> this run's value) with what `<folder>/run_identity.json`
+    recorded for earlier runs, then record it (atomically). A changed value is a RunIdentityError naming the
+    key, both values and the fix when the folder already holds results; with no result yet (a run that
+    failed at start-up, then corrected) the new value is recorded with a warning."""
+    path = Path(folder) / IDENTITY_NAME
+    recorded: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning(f"{path} is unreadable; recording this run's settings in it again")
+    changed = {
+        key: (recorded[key], value) for key, value in identity.items() if recorded.get(key, value) != value
+    }
+    if changed:
+        described = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
+        if holds_results(folder):
+            raise RunIdentityError(
+                f"{Path(folder)} holds the checkpoints or results of a run with other settings ({described}; "
+                f"recorded in {path}). This run would resume from, score or overwrite them. Choose a new "
+                f"--output_folder, or delete {Path(folder)} to start afresh; if only the location changed "
+                f"(the same data or model moved), delete {path}."
+            )
+        logger.warning(f"{path}: {described}; the folder holds no result yet, recording this run's settings")
+    if {**recorded, **identity} != recorded or not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({**recorded, **identity}, indent=2))

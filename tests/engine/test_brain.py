@@ -17,7 +17,7 @@ from toy_task import ToyBrain, ToyNet, fit, make_brain, make_dataset
 
 from cald_brain.distill.losses import layerwise_distillation_loss
 from cald_brain.recipe import RecipeError
-from cald_brain.run_control import STOP_EXIT_CODE
+from cald_brain.run_control import STOP_EXIT_CODES
 
 STEPS_PER_EPOCH = 6  # 24 items, batch 4
 
@@ -353,22 +353,29 @@ def test_kill_and_resume_restores_every_random_generator(tmp_path):
 
 
 class SignalledBrain(ToyBrain):
-    """Sends itself SIGUSR1 (SLURM's warning before the time limit) during the 3rd micro-batch."""
+    """Sends itself `stop_signal` during the 3rd micro-batch."""
+
+    stop_signal = signal.SIGUSR1
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         self.seen = getattr(self, "seen", 0) + 1
         if self.seen == 3:
-            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), self.stop_signal)
 
 
-def test_sigusr1_saves_at_the_end_of_the_step_and_exits_for_a_requeue(tmp_path):
+# SIGUSR1: SLURM's warning before the time limit (exit 85: requeue); SIGTERM: `kill`, scancel, a container
+# runtime (exit 143, as killed by it).
+@pytest.mark.parametrize("stop_signal", [signal.SIGUSR1, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_stop_signal_saves_at_the_end_of_the_step_and_exits(stop_signal, tmp_path, caplog):
     opts = {"grad_accumulation_factor": 2}  # micro-batch 3 is inside the 2nd accumulation window
     reference = make_brain(tmp_path / "ref", run_opts=opts)
     fit(reference, batch_size=2)
     brain = make_brain(tmp_path / "run", brain_class=SignalledBrain, run_opts=opts)
+    brain.stop_signal = stop_signal
     with pytest.raises(SystemExit) as stopped:
         fit(brain, batch_size=2)
-    assert stopped.value.code == STOP_EXIT_CODE
+    assert stopped.value.code == STOP_EXIT_CODES[stop_signal]
+    assert f"Stopped on {stop_signal.name}" in caplog.text and "run the same command again" in caplog.text
     assert brain.step == 4 and brain.optimizer_step == 2  # finished the window, then saved
     (ckpt,) = brain.checkpointer.list_checkpoints()
     assert not ckpt.meta["end-of-epoch"]

@@ -1,8 +1,19 @@
-"""Recipe start-up: hparams lookup from the repo root or the recipe folder, and clear YAML errors."""
+"""Recipe start-up: hparams lookup from the repo root or the recipe folder, clear YAML and override errors,
+and an output folder that refuses a run of another kind (task, guidance mode, data) once it holds results."""
+
+import json
 
 import pytest
+from conftest import ROOT
 
-from cald_brain.recipe import RecipeError, load_hparams, resolve_hparams_path
+from cald_brain.recipe import (
+    RecipeError,
+    check_output_folder,
+    load_hparams,
+    resolve_hparams_path,
+    start_recipe,
+)
+from cald_brain.run_control import IDENTITY_NAME
 
 
 @pytest.fixture()
@@ -38,3 +49,44 @@ def test_placeholder_tells_how_to_fill_it(recipe_dir):
     with pytest.raises(RecipeError, match="data_folder.*--data_folder"):
         load_hparams(path, {})
     assert load_hparams(path, {"data_folder": "/d", "lr": 0.5})["n"] == 0.5
+
+
+def test_an_override_given_twice_names_the_key(recipe_dir):
+    from cald_brain.recipe import check_override_types
+
+    path = str(recipe_dir / "hparams" / "x.yaml")
+    with pytest.raises(RecipeError, match="--lr given more than once"):
+        check_override_types(path, "lr: 1\ndata_folder: /d\nlr: 2")
+
+
+GLUE_YAML = str(ROOT / "nlp" / "GLUE" / "hparams" / "roberta_finetune.yaml")
+
+
+def test_a_finished_folder_refuses_a_run_of_another_task(tmp_path):
+    out = tmp_path / "out"
+    sst2 = f"task: sst2\ndata_folder: /glue/SST-2\noutput_folder: {out}"
+    check_output_folder(str(out), GLUE_YAML, sst2)
+    assert json.loads((out / IDENTITY_NAME).read_text())["task"] == "sst2"
+    check_output_folder(str(out), GLUE_YAML, sst2)  # the same run again: resumes
+    (out / "test_metrics.json").write_text("{}")  # the SST-2 run finished
+    qnli = f"task: qnli\ndata_folder: /glue/SST-2\noutput_folder: {out}"
+    with pytest.raises(RecipeError, match="task: 'sst2' there, 'qnli' now.*new --output_folder.*delete"):
+        check_output_folder(str(out), GLUE_YAML, qnli)
+    assert json.loads((out / IDENTITY_NAME).read_text())["task"] == "sst2"
+
+
+def test_a_folder_without_results_records_the_corrected_settings(tmp_path, caplog):
+    out = tmp_path / "out"
+    check_output_folder(str(out), GLUE_YAML, f"task: sst2\ndata_folder: /wrong\noutput_folder: {out}")
+    check_output_folder(str(out), GLUE_YAML, f"task: sst2\ndata_folder: /right\noutput_folder: {out}")
+    assert "data_folder: '/wrong' there, '/right' now" in caplog.text
+    assert json.loads((out / IDENTITY_NAME).read_text())["data_folder"] == "/right"
+
+
+def test_start_recipe_checks_the_folder_before_loading_anything(tmp_path):
+    out = tmp_path / "out"
+    (out / "save" / "CKPT+2026-01-01+00-00-00+00").mkdir(parents=True)
+    (out / IDENTITY_NAME).write_text(json.dumps({"guidance_mode": "target"}))
+    argv = ["hparams/bimamba2_trajectory.yaml", "--data_folder=/nowhere", f"--output_folder={out}"]
+    with pytest.raises(RecipeError, match="guidance_mode: 'target' there, 'trajectory' now"):
+        start_recipe(str(ROOT / "recipes" / "TEDLIUM"), argv)
