@@ -6,19 +6,24 @@ run killed mid-write leaves a folder that looks valid and makes every later run 
 place: a ``CKPT+*`` folder only ever appears complete. The meta file records the size of every file, and a
 checkpoint that is incomplete or damaged (older versions, a copy cut short, a half-deleted folder) is skipped
 on recovery with a warning naming it; the previous complete checkpoint is used instead. Deletion renames the
-folder away first, so it is atomic too. Use it in YAML as
+folder away first, so it is atomic too. A write that fails (a full disk: torch reports "unexpected pos ...")
+removes its temporary folder and raises CheckpointWriteError naming the folder, the free space and the fix;
+the previous checkpoint stays intact. Use it in YAML as
 ``checkpointer: !new:cald_brain.checkpoints.AtomicCheckpointer``; everything else (recoverables,
 ``save_and_keep_only``, ``num_to_keep``) is SpeechBrain's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import random
 import shutil
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,36 @@ TMP_PREFIX = ".tmp-"  # a checkpoint being written
 TRASH_PREFIX = ".trash-"  # a checkpoint being deleted
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (typically a full disk); the message names the folder and the fix."""
+
+
+@contextlib.contextmanager
+def checked_write(target: Path, partial: Path) -> Iterator[None]:
+    """Turn an OSError / RuntimeError raised while writing `target` (through the temporary `partial`, removed
+    on failure) into a CheckpointWriteError naming it, the free space of its disk and the fix."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        try:
+            free = f"{shutil.disk_usage(target.parent).free / 2**30:.2f} GiB free on its disk"
+        except OSError:
+            free = "the free space of its disk is unknown"
+        full = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+            text in str(err) for text in ("unexpected pos", "file write failed", "No space left")
+        )
+        cause = "The disk (or quota) is full" if full else "If the disk (or quota) is full"
+        raise CheckpointWriteError(
+            f"Could not write {target} ({type(err).__name__}: {err}); {free}. {cause}: free space there "
+            "(older output folders, or a lower num_to_keep) or move output_folder to a larger disk, then run "
+            "the same command again; it resumes from the last complete checkpoint, which is intact."
+        ) from err
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file or folder to disk (so a rename that follows cannot outlive its contents on a crash)."""
     fd = os.open(path, os.O_RDONLY)
@@ -61,9 +96,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    torch.save(obj, tmp)
-    fsync_path(tmp)
-    os.replace(tmp, path)
+    with checked_write(path, tmp):
+        torch.save(obj, tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
     fsync_path(path.parent)
     return path
 
@@ -121,30 +157,33 @@ class AtomicCheckpointer(Checkpointer):
             tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
             tmp.mkdir()
         tmp = ddp_broadcast(tmp, src=0)
+        hooks = {}
         for key, obj in self.recoverables.items():
-            path = tmp / f"{key}{PARAMFILE_EXT}"
-            hook = self.custom_save_hooks.get(key) or get_default_hook(obj, DEFAULT_SAVE_HOOKS)
-            if hook is None:
+            hooks[key] = self.custom_save_hooks.get(key) or get_default_hook(obj, DEFAULT_SAVE_HOOKS)
+            if hooks[key] is None:
                 raise RuntimeError(
                     f"Don't know how to save recoverable {key!r} ({type(obj).__name__}): register a save hook"
                 )
-            hook(obj, path)
+        with checked_write(tmp.with_name(tmp.name.removeprefix(TMP_PREFIX)), tmp):
+            for key, obj in self.recoverables.items():
+                hooks[key](obj, tmp / f"{key}{PARAMFILE_EXT}")
         ddp_barrier()  # every process has written its files
         if not if_main_process():
             return None
-        files = {}
-        for file in sorted(tmp.iterdir()):
-            fsync_path(file)
-            files[file.name] = file.stat().st_size
-        saved_meta = {"unixtime": time.time(), "end-of-epoch": end_of_epoch, **meta, FILES_KEY: files}
-        with open(tmp / METAFNAME, "w", encoding="utf-8") as handle:
-            handle.write("# yamllint disable\n")
-            yaml.dump(saved_meta, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_path(tmp)
-        os.rename(tmp, final)
-        fsync_path(self.checkpoints_dir)
+        with checked_write(final, tmp):
+            files = {}
+            for file in sorted(tmp.iterdir()):
+                fsync_path(file)
+                files[file.name] = file.stat().st_size
+            saved_meta = {"unixtime": time.time(), "end-of-epoch": end_of_epoch, **meta, FILES_KEY: files}
+            with open(tmp / METAFNAME, "w", encoding="utf-8") as handle:
+                handle.write("# yamllint disable\n")
+                yaml.dump(saved_meta, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            fsync_path(tmp)
+            os.rename(tmp, final)
+            fsync_path(self.checkpoints_dir)
         ckpt_type = "end-of-epoch" if end_of_epoch else "intra-epoch"
         logger.log(verbosity, f"Saved an {ckpt_type} checkpoint in {final}")
         paramfiles = {key: final / f"{key}{PARAMFILE_EXT}" for key in self.recoverables}

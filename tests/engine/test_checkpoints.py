@@ -1,6 +1,7 @@
 """Crash-safe checkpoints (cald_brain.checkpoints): atomic writes, incomplete checkpoints skipped on recovery,
 num_to_keep, random number generator states; and the output-folder run lock (cald_brain.run_control)."""
 
+import errno
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-from cald_brain.checkpoints import AtomicCheckpointer, RandomStates
+from cald_brain.checkpoints import AtomicCheckpointer, CheckpointWriteError, RandomStates, atomic_torch_save
 from cald_brain.run_control import FolderInUseError, RunLock
 
 
@@ -52,6 +53,35 @@ def test_kill_mid_save_leaves_no_checkpoint_and_previous_one_is_recovered(tmp_pa
     assert fresh.recover_if_possible() is not None and new["a"].value == 1 and new["b"].value == 2
     fresh.save_checkpoint()  # the next save clears what the killed one left
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+FULL_DISK_ERRORS = {  # what torch.save raises when the disk fills up, and the plain OS error
+    "torch": RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 532608 vs 532500"),
+    "ENOSPC": OSError(errno.ENOSPC, "No space left on device"),
+}
+
+
+@pytest.mark.parametrize("kind", FULL_DISK_ERRORS)
+def test_a_full_disk_names_the_folder_and_the_fix_and_keeps_the_previous_checkpoint(
+    kind, tmp_path, monkeypatch
+):
+    ckptr, objs = make_checkpointer(tmp_path, a=1)
+    ckptr.save_checkpoint()
+    objs["a"].value = 5
+
+    def full_disk(*args, **kwargs):
+        raise FULL_DISK_ERRORS[kind]
+
+    monkeypatch.setattr(torch, "save", full_disk)  # the writer of the net's parameters
+    with pytest.raises(
+        CheckpointWriteError, match=rf"Could not write {tmp_path}/CKPT\+.*GiB free.*disk .*is full"
+    ):
+        ckptr.save_checkpoint()
+    with pytest.raises(CheckpointWriteError, match="final.ckpt.*GiB free"):
+        atomic_torch_save({}, tmp_path / "final.ckpt")
+    assert not list(tmp_path.glob(".tmp-*"))  # the partial checkpoint and file are gone
+    fresh, new = make_checkpointer(tmp_path, a=0)
+    assert fresh.recover_if_possible() is not None and new["a"].value == 1
 
 
 def write_legacy_incomplete(folder, unixtime: float) -> str:
