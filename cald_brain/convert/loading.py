@@ -16,19 +16,42 @@ from .core import CONVERSION_KEY, convert
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
+def _looks_like_path(source: str) -> bool:
+    """True when `source` cannot be a hub name or was evidently meant as a folder: it starts with ".", "/" or
+    "~", has the platform's separator (other than "/"), is not of the form "org/name", or its first part is an
+    existing folder (e.g. "results/student" where results/ exists)."""
+    if source.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in source) or ".." in source:
+        return True
+    if _HUB_NAME.fullmatch(source) is None:
+        return True
+    return "/" in source and os.path.isdir(source.split("/")[0])
+
+
+def _missing_folder_message(source: str) -> str:
+    """ "folder X does not exist", naming the deepest part of its path that does and what it holds."""
+    message = f"model folder {source!r} does not exist"
+    parent = os.path.dirname(os.path.abspath(os.path.expanduser(source)))
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    entries = sorted(os.listdir(parent))
+    shown = ", ".join(entries[:10]) + (", ..." if len(entries) > 10 else "")
+    return (
+        f"{message} ({parent} exists and holds: {shown or 'nothing'}). Give a folder with config.json and "
+        "model.safetensors (check the path), or a Hugging Face hub name such as 'facebook/wav2vec2-base'"
+    )
+
+
 def resolve_source(source: str | os.PathLike) -> str:
     """The one rule for "folder or hub name", used by every loader: an existing folder is a local
-    checkpoint; any other text must be a hub name ("org/name", found in the Hugging Face cache, or downloaded
-    unless HF_HUB_OFFLINE=1). Anything else (e.g. an absolute, ./ or ~ path that does not exist) raises
-    FileNotFoundError naming it."""
+    checkpoint; a value that looks like a path (see `_looks_like_path`) but does not exist raises
+    FileNotFoundError saying that the folder does not exist, naming the deepest existing part of the path;
+    any other text is a hub name ("org/name", found in the Hugging Face cache, or downloaded unless
+    HF_HUB_OFFLINE=1)."""
     source = os.fspath(source)
     if os.path.isdir(source):
         return source
-    if _HUB_NAME.fullmatch(source) is None or source.startswith(".") or ".." in source:
-        raise FileNotFoundError(
-            f"model folder {source!r} does not exist (give a folder with config.json and model.safetensors, "
-            "or a Hugging Face hub name such as 'facebook/wav2vec2-base')"
-        )
+    if _looks_like_path(source):
+        raise FileNotFoundError(_missing_folder_message(source))
     return source
 
 

@@ -9,8 +9,9 @@ with cald_brain.load_student) or a transformer (hub name or folder; the teacher)
 (lm/eval/run_lm_evals.py, lm/open_instruct/lm_harness_eval.py), the harness's Hugging Face model class scores
 a model instance zero-shot, and the reported metric is `acc` for every task. With --data_prefix the perplexity
 on a range of an MMIDIDX corpus is measured too (e.g. the test range of train.py: it starts at
-max_train_samples + valid_samples). The table (models x tasks) is printed and written to --output as
-Markdown, the raw results next to it as JSON.
+max_train_samples + valid_samples). Every --model (its config and tokenizer) is checked before the first is
+evaluated, so a mistyped one fails at once; the table (models x tasks) is written to --output as Markdown,
+the raw results next to it as JSON, after each model (a later failure keeps the finished ones), and printed.
 
 Generation tasks (generate_until) decode through cald_brain.models.generate, never Hugging Face's
 `model.generate()`: a student with its recurrent cache (constant memory per token), a transformer with its KV
@@ -33,10 +34,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from cald_brain.convert import load_student
+from cald_brain.convert import load_config, load_student
 from cald_brain.convert.core import CONVERSION_KEY
+from cald_brain.data.manifests import write_atomic
 from cald_brain.data.mmap_tokens import PILE_SEQ_LENGTH, TokenSequences
 from cald_brain.models.generation import generate
 
@@ -66,13 +68,30 @@ def import_lm_eval():
     return lm_eval, HFLM, TaskManager
 
 
+def model_config(source: str) -> PretrainedConfig:
+    """The config of a --model (a folder or a hub name); a missing folder or an unknown hub name is an
+    EvaluationError naming it."""
+    try:
+        return load_config(source)
+    except (OSError, ValueError) as err:
+        raise EvaluationError(f"--model={source}: {err}") from err
+
+
 def load_lm(source: str, device: str) -> tuple[PreTrainedModel, bool]:
     """(model in eval mode on `device`, whether it is a converted student)."""
-    converted = os.path.isdir(source) and bool(
-        getattr(AutoConfig.from_pretrained(source), CONVERSION_KEY, None)
-    )
+    converted = os.path.isdir(source) and bool(getattr(model_config(source), CONVERSION_KEY, None))
     model = load_student(source) if converted else AutoModelForCausalLM.from_pretrained(source)
     return model.to(device).eval(), converted
+
+
+def load_tokenizer(source: str) -> Any:
+    """The tokenizer of a --model (or --tokenizer); an EvaluationError naming it if it cannot be loaded."""
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise EvaluationError(
+            f"no tokenizer in {source} ({err}); train.py exports it next to the student, or give --tokenizer"
+        ) from err
 
 
 def harness_model(model: PreTrainedModel, tokenizer: Any, batch_size: int, max_length: int | None = None):
@@ -199,6 +218,15 @@ def results_table(scores: dict[str, dict[str, float]], tasks: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(output: Path, scores: dict[str, dict[str, float]], raw: dict, tasks: list[str]) -> str:
+    """Write the table to `output` and the raw results to its .json, each atomically; returns the table."""
+    table = results_table(scores, tasks)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(output, table)
+    write_atomic(output.with_suffix(".json"), json.dumps(raw, indent=2, default=str))
+    return table
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -225,14 +253,18 @@ def main(argv: list[str] | None = None) -> str:
     data = None
     if args.data_prefix is not None:
         data = TokenSequences(args.data_prefix, args.data_start, args.data_count, args.seq_length)
-    manager = task_manager(tasks, args.include_path) if tasks else None  # fails before any model loads
+    # every model and tokenizer is checked before any is evaluated
+    for source in args.model:
+        model_config(source)
+    tokenizers = {source: load_tokenizer(args.tokenizer or source) for source in args.model} if tasks else {}
+    manager = task_manager(tasks, args.include_path) if tasks else None
     scores, raw = {}, {}
     for source in args.model:
         model, converted = load_lm(source, args.device)
         name = f"{source} ({'student' if converted else 'transformer'})"
         scores[name], raw[name] = {}, {}
         if tasks:
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or source)
+            tokenizer = tokenizers[source]
             out = evaluate_model(
                 model,
                 tokenizer,
@@ -253,10 +285,7 @@ def main(argv: list[str] | None = None) -> str:
         if data is not None:
             scores[name][PPL] = raw[name][PPL] = perplexity(model, data, args.batch_size, args.device)
         del model
-    table = results_table(scores, tasks)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table, encoding="utf-8")
-    args.output.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str), encoding="utf-8")
+        table = write_results(args.output, scores, raw, tasks)  # kept if a later model fails
     print(table, file=sys.stdout)
     return table
 

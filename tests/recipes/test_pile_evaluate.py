@@ -208,3 +208,39 @@ def test_perplexity_column_without_the_harness(tmp_path):
     assert float(rows[2].split("|")[2]) == pytest.approx(expected, abs=0.01)  # batches of 3, 3, 2 = one of 8
     with pytest.raises(SystemExit, match="nothing to evaluate"):
         evaluate.main([f"--model={TINY_PYTHIA}", "--tasks="])
+
+
+PPL_DATA = ["--data_prefix=" + str(SAMPLES / "pile_mini" / "document"), "--data_start=56", "--seq_length=129"]
+
+
+def test_every_model_is_checked_before_the_first_is_evaluated(tmp_path, monkeypatch):
+    def not_now(*args):
+        raise AssertionError("evaluated before every --model was checked")
+
+    monkeypatch.setattr(evaluate, "perplexity", not_now)
+    typo = tmp_path / "results" / "studnet"
+    (tmp_path / "results").mkdir()
+    for missing in (str(typo), "results/studnet"):  # a path, and a relative one that could be a hub name
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit, match=f"--model={missing}: model folder '{missing}' does not exist"):
+            evaluate.main([f"--model={TINY_PYTHIA}", f"--model={missing}", "--tasks=", *PPL_DATA])
+
+
+def test_each_model_is_written_as_soon_as_it_is_evaluated(tmp_path, monkeypatch):
+    done = []
+
+    def second_fails(model, *args):
+        if done:
+            raise RuntimeError("CUDA out of memory")
+        done.append(model)
+        return 12.5
+
+    monkeypatch.setattr(evaluate, "perplexity", second_fails)
+    output = tmp_path / "ppl.md"
+    argv = [f"--model={TINY_PYTHIA}", f"--model={TINY_PYTHIA}/", "--tasks=", *PPL_DATA, f"--output={output}"]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate.main(argv)
+    assert output.read_text().splitlines()[2] == f"| {TINY_PYTHIA} (transformer) | 12.50 |"
+    assert json.loads(output.with_suffix(".json").read_text()) == {
+        f"{TINY_PYTHIA} (transformer)": {"perplexity": 12.5}
+    }
