@@ -7,13 +7,16 @@ document-index entries m, then `int32 sizes[n]`, `int64 pointers[n]` (byte offse
 (GPT-NeoX-20B tokenizer, documents joined with EOD).
 
 `MMapTokens` memory-maps both files (nothing is read whole), validates the header and the table sizes against
-the file sizes, and returns sequence i as the tokens at pointers[i]. `TokenSequences` is the training view the
-CALD reference uses (lm/open_instruct/pile_dataset.py): sequences in index order, the first `seq_length`
-tokens of each, a contiguous range of them (the training budget, then held-out ranges after it). Its items
-are plain indices in order, so SpeechBrain's saveable dataloader resumes a killed run at the same sample.
-`SegmentedBatches` cuts the reference's training stream (its passes over those sequences, in batches) into
-validation segments, one SpeechBrain epoch each. `write_mmap_tokens` writes the format (used to build test
-corpora; the layout is that of Megatron's `MMapIndexedDataset.Index.writer`).
+the file sizes, and returns sequence i as the tokens at pointers[i]. The .bin may hold only the first
+sequences of the index (the layout lm/Pile/README.md documents: the full `document.idx` with the first shard
+of the .bin): `available` counts them, and asking for a sequence past them is an error saying how many there
+are. `check_token_ids` checks the ids of a range against a model's vocabulary before training on them.
+`TokenSequences` is the training view the CALD reference uses (lm/open_instruct/pile_dataset.py): sequences in
+index order, the first `seq_length` tokens of each, a contiguous range of them (the training budget, then
+held-out ranges after it). Its items are plain indices in order, so SpeechBrain's saveable dataloader resumes
+a killed run at the same sample. `SegmentedBatches` cuts the reference's training stream (its passes over
+those sequences, in batches) into validation segments, one SpeechBrain epoch each. `write_mmap_tokens` writes
+the format (used to build test corpora; the layout is that of Megatron's `MMapIndexedDataset.Index.writer`).
 """
 
 import math
@@ -124,14 +127,36 @@ class MMapTokens:
             self._index, dtype=np.int64, count=docs, offset=HEADER_BYTES + 12 * count
         )
         self._data = np.memmap(self.bin_path, mode="r", dtype=np.uint8)
-        if count:
-            end = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize
-            if end > self._data.size:
-                raise MMapFormatError(
-                    f"{self.bin_path} holds {self._data.size} bytes but {self.idx_path} points up to byte "
-                    f"{end}: "
-                    "the .bin is truncated or belongs to another index (a single shard needs its own .idx)"
-                )
+        self.available = self._sequences_in_bin()
+        if count and not self.available:
+            raise MMapFormatError(
+                f"{self.bin_path} holds {self._data.size} bytes, not even the first sequence of "
+                f"{self.idx_path} ({int(self.sizes[0])} tokens from byte {int(self.pointers[0])}): the .bin "
+                "is truncated or belongs to another index"
+            )
+
+    def _sequences_in_bin(self) -> int:
+        """How many leading sequences lie wholly inside the .bin: all of them for a complete corpus, fewer
+        for its first shard (pointers increase along the index, as Megatron writes them; a binary search
+        reads a few pages of the index, not all of it)."""
+        count = int(np.searchsorted(self.pointers, self._data.size, side="left"))
+        while count and int(self.pointers[count - 1]) + int(self.sizes[count - 1]) * self.dtype.itemsize > (
+            self._data.size
+        ):
+            count -= 1
+        return count
+
+    def describe_range(self, start: int, count: int) -> str | None:
+        """Why sequences start .. start + count - 1 cannot be read (past the index or the .bin), or None."""
+        if start < 0 or count <= 0 or start + count > len(self):
+            return f"{self.idx_path} holds {len(self)} sequences; sequences {start}..{start + count - 1} "
+        if start + count > self.available:
+            return (
+                f"{self.bin_path} holds only the first {self.available} of the {len(self)} sequences of "
+                f"{self.idx_path} (a first shard, or a truncated file); sequences "
+                f"{start}..{start + count - 1} "
+            )
+        return None
 
     def _read_header(self) -> tuple[np.dtype, int, int]:
         size = self.idx_path.stat().st_size
@@ -171,6 +196,10 @@ class MMapTokens:
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
             raise IndexError(f"sequence {i} out of range: {self.idx_path} holds {len(self)}")
+        if i >= self.available:
+            raise IndexError(
+                f"sequence {i} is not in {self.bin_path}, which holds the first {self.available}"
+            )
         return np.frombuffer(
             self._data, dtype=self.dtype, count=int(self.sizes[i]), offset=int(self.pointers[i])
         )
@@ -192,13 +221,12 @@ class TokenSequences(Dataset):
         seq_length: int = PILE_SEQ_LENGTH,
     ) -> None:
         self.corpus = corpus if isinstance(corpus, MMapTokens) else MMapTokens(corpus)
-        total = len(self.corpus)
-        count = total - start if count is None else int(count)
-        if start < 0 or count <= 0 or start + count > total:
+        count = self.corpus.available - start if count is None else int(count)
+        problem = self.corpus.describe_range(start, count)
+        if problem is not None:
             raise ValueError(
-                f"{self.corpus.idx_path} holds {total} sequences; sequences {start}..{start + count - 1} "
-                "were "
-                "asked for (check max_train_samples, valid_samples and test_samples against the corpus)"
+                f"{problem}were asked for: lower max_train_samples + valid_samples + test_samples (or the "
+                "range) to fit, or give a larger .bin"
             )
         self.start, self.count, self.seq_length = int(start), count, int(seq_length)
         short = np.flatnonzero(self.corpus.sizes[start : start + count] < seq_length)
@@ -218,6 +246,36 @@ class TokenSequences(Dataset):
         index = self.start + i
         tokens = self.corpus[index][: self.seq_length]
         return {"id": f"seq{index}", "input_ids": torch.from_numpy(tokens.astype(np.int64))}
+
+
+def check_token_ids(data: TokenSequences, vocab_size: int, chunk_tokens: int = 1 << 26) -> None:
+    """Every token id of the sequences `data` uses must be below `vocab_size` (the rows of the model's
+    embedding): a larger id would stop training mid-run (an IndexError, a device-side assert on GPU) at the
+    batch that holds it. Read in chunks of about `chunk_tokens` tokens (uniform, contiguous sequences, as the
+    Pythia Pile's, are scanned as one array), so memory stays bounded; MMapFormatError names the sequence."""
+    corpus, length = data.corpus, data.seq_length
+    per_chunk = max(1, chunk_tokens // length)
+    for first in range(data.start, data.start + data.count, per_chunk):
+        last = min(first + per_chunk, data.start + data.count)
+        pointers, sizes = corpus.pointers[first:last], corpus.sizes[first:last]
+        step = length * corpus.dtype.itemsize
+        if (sizes == length).all() and (np.diff(pointers) == step).all():
+            block = np.frombuffer(
+                corpus._data, dtype=corpus.dtype, count=(last - first) * length, offset=int(pointers[0])
+            ).reshape(-1, length)
+        else:
+            block = np.stack([corpus[i][:length] for i in range(first, last)])
+        if int(block.max()) < vocab_size and int(block.min()) >= 0:
+            continue
+        row = int(np.flatnonzero((block >= vocab_size).any(axis=1) | (block < 0).any(axis=1))[0])
+        tokens = block[row]
+        value = int(tokens[(tokens >= vocab_size) | (tokens < 0)][0])
+        raise MMapFormatError(
+            f"{corpus.bin_path}: sequence {first + row} holds token id {value}, outside the model's "
+            f"vocabulary of {vocab_size} ids (0..{vocab_size - 1}): the corpus was tokenized for another "
+            "model. Use the data of pretrained_source's tokenizer (GPT-NeoX-20B for Pythia), or the model "
+            "the data was tokenized for."
+        )
 
 
 class SegmentedBatches(Sampler[list[int]]):

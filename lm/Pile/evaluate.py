@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, 
 from cald_brain.convert import load_config, load_student
 from cald_brain.convert.core import CONVERSION_KEY
 from cald_brain.data.manifests import write_atomic
-from cald_brain.data.mmap_tokens import PILE_SEQ_LENGTH, TokenSequences
+from cald_brain.data.mmap_tokens import PILE_SEQ_LENGTH, MMapFormatError, TokenSequences, check_token_ids
 from cald_brain.models.generation import generate
 
 REFERENCE_TASKS = "lambada_openai,piqa,winogrande,wsc273,arc_easy,arc_challenge,sciq,logiqa"
@@ -252,7 +252,10 @@ def main(argv: list[str] | None = None) -> str:
         raise EvaluationError("nothing to evaluate: give --tasks and/or --data_prefix")
     data = None
     if args.data_prefix is not None:
-        data = TokenSequences(args.data_prefix, args.data_start, args.data_count, args.seq_length)
+        try:
+            data = TokenSequences(args.data_prefix, args.data_start, args.data_count, args.seq_length)
+        except (OSError, ValueError) as err:
+            raise EvaluationError(f"--data_prefix={args.data_prefix}: {err}") from err
     # every model and tokenizer is checked before any is evaluated
     for source in args.model:
         model_config(source)
@@ -261,6 +264,11 @@ def main(argv: list[str] | None = None) -> str:
     scores, raw = {}, {}
     for source in args.model:
         model, converted = load_lm(source, args.device)
+        if data is not None:  # its token ids against this model's vocabulary, before any evaluation
+            try:
+                check_token_ids(data, model.get_input_embeddings().num_embeddings)
+            except MMapFormatError as err:
+                raise EvaluationError(f"--data_prefix with --model={source}: {err}") from err
         name = f"{source} ({'student' if converted else 'transformer'})"
         scores[name], raw[name] = {}, {}
         if tasks:

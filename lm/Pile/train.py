@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import if_main_process
 
 from cald_brain.brain import CALDBrain, ModelOutputs
-from cald_brain.data.mmap_tokens import MMapTokens, SegmentedBatches, TokenSequences
+from cald_brain.data.mmap_tokens import (
+    MMapFormatError,
+    MMapTokens,
+    SegmentedBatches,
+    TokenSequences,
+    check_token_ids,
+)
 from cald_brain.recipe import RecipeError, start_recipe
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -89,7 +95,8 @@ class LM(CALDBrain):
 
 def datasets(hparams: dict) -> dict[str, TokenSequences]:
     """Train / valid / test as consecutive ranges of the corpus in index order (the reference trains on the
-    first max_train_samples sequences; validation and test take the sequences right after them)."""
+    first max_train_samples sequences; validation and test take the sequences right after them), their token
+    ids checked against the student's vocabulary (before the first step)."""
     corpus = MMapTokens(hparams["data_prefix"])
     sizes = {
         "train": hparams["max_train_samples"],
@@ -98,15 +105,20 @@ def datasets(hparams: dict) -> dict[str, TokenSequences]:
     }
     if any(n is None or n <= 0 for n in sizes.values()):
         raise RecipeError(f"max_train_samples, valid_samples and test_samples must be > 0, got {sizes}")
-    if sum(sizes.values()) > len(corpus):
+    problem = corpus.describe_range(0, sum(sizes.values()))
+    if problem is not None:
         raise RecipeError(
-            f"{corpus.idx_path} holds {len(corpus)} sequences, fewer than max_train_samples + "
-            "valid_samples + "
-            f"test_samples = {sum(sizes.values())}: lower them"
+            f"{problem}(max_train_samples + valid_samples + test_samples = {sum(sizes.values())}) were asked "
+            f"for: lower them to at most {corpus.available} in all"
         )
+    vocab_size = hparams["student"].model.get_input_embeddings().num_embeddings
     start, found = 0, {}
     for split, count in sizes.items():
         found[split] = TokenSequences(corpus, start, count, hparams["seq_length"])
+        try:
+            check_token_ids(found[split], vocab_size)
+        except MMapFormatError as err:
+            raise RecipeError(f"data_prefix={hparams['data_prefix']} ({split} range): {err}") from err
         start += count
     return found
 

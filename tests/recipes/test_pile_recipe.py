@@ -1,6 +1,7 @@
 """lm/Pile specifics the shared recipe table does not see: the reference's weight decay on the Mamba
 mixers only, refusal of trajectory / waypoint guidance, a killed run's data loader resuming at the same
-sample (also inside a validation segment of the second pass), and the segment setting's check."""
+sample (also inside a validation segment of the second pass), the segment setting's check, and token ids
+beyond the model's vocabulary refused before training."""
 
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import speechbrain as sb
 import torch
 from conftest import ROOT, SAMPLES, load_repo_script
 
-from cald_brain.data.mmap_tokens import SegmentedBatches, TokenSequences
+from cald_brain.data.mmap_tokens import MMapTokens, SegmentedBatches, TokenSequences, write_mmap_tokens
 from cald_brain.optim import param_groups
 from cald_brain.recipe import RecipeError, load_hparams
 
@@ -172,3 +173,21 @@ def test_killed_inside_a_segment_and_resumed_equals_uninterrupted(tmp_path):
     assert [log_fields(line) for line in logs[0]] == [log_fields(line) for line in logs[1]]
     ref, res = latest_student(tmp_path / "ref"), latest_student(tmp_path / "killed")
     assert [k for k in ref if not torch.equal(ref[k], res[k])] == []
+
+
+def test_token_ids_beyond_the_vocabulary_stop_before_training(tmp_path):
+    """A corpus tokenized for a larger vocabulary than the model's: refused at start-up naming the sequence
+    (it used to train, then die with a raw IndexError at the batch holding it)."""
+    train = load_repo_script("lm/Pile/train.py", "pile_train")
+    corpus = MMapTokens(SAMPLE["data_prefix"])
+    sequences = [corpus[i].copy() for i in range(len(corpus))]
+    sequences[5][7] = 1024  # tiny-pythia's vocabulary: ids 0..1023
+    write_mmap_tokens(tmp_path / "document", sequences)
+    overrides = {**SAMPLE, "data_prefix": str(tmp_path / "document"), "output_folder": str(tmp_path / "out")}
+    hparams = load_hparams(HPARAMS / "mamba_target.yaml", {**overrides, "d_inner": 96, "dt_rank": 4})
+    hparams.update(max_train_samples=8, valid_samples=4, test_samples=4, seq_length=129)
+    with pytest.raises(RecipeError, match="train range.*sequence 5 holds token id 1024.*1024 ids"):
+        train.datasets(hparams)
+    hparams.update(max_train_samples=60, valid_samples=4, test_samples=4)
+    with pytest.raises(RecipeError, match="holds 64 sequences.*lower them to at most 64"):
+        train.datasets(hparams)

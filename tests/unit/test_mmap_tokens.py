@@ -17,6 +17,7 @@ from cald_brain.data.mmap_tokens import (
     MMapTokens,
     SegmentedBatches,
     TokenSequences,
+    check_token_ids,
     write_mmap_tokens,
 )
 
@@ -100,10 +101,45 @@ def test_truncated_bin_and_missing_files_are_refused(tmp_path):
     prefix, _ = corpus(tmp_path)
     binary = tmp_path / "document.bin"
     binary.write_bytes(binary.read_bytes()[:-2])
-    with pytest.raises(MMapFormatError, match="truncated"):
+    with pytest.raises(ValueError, match="holds only the first 2 of the 3 sequences.*truncated"):
+        TokenSequences(prefix, 0, 3, seq_length=3)
+    with pytest.raises(IndexError, match="holds the first 2"):
+        MMapTokens(prefix)[2]
+    binary.write_bytes(b"\0\0")
+    with pytest.raises(MMapFormatError, match="not even the first sequence"):
         MMapTokens(prefix)
     with pytest.raises(FileNotFoundError, match="data_prefix"):
         MMapTokens(tmp_path / "nothing")
+
+
+def test_full_index_with_the_first_shard_of_the_bin(tmp_path):
+    """The layout lm/Pile/README.md documents: the whole corpus's document.idx, only the first shard's
+    document.bin (here 10 sequences of 8 tokens, the .bin cut after the first 4)."""
+    seqs = [np.full(8, i) for i in range(10)]
+    prefix = tmp_path / "document"
+    write_mmap_tokens(prefix, seqs)
+    binary = tmp_path / "document.bin"
+    binary.write_bytes(binary.read_bytes()[: 4 * 8 * 2 + 6])  # 4 sequences and part of the 5th
+    data = MMapTokens(prefix)
+    assert len(data) == 10 and data.available == 4
+    assert TokenSequences(data, 1, 3, seq_length=8)[2]["input_ids"].tolist() == [3] * 8
+    assert len(TokenSequences(data, seq_length=8)) == 4  # count None: to the end of the .bin
+    with pytest.raises(ValueError, match="holds only the first 4 of the 10 sequences.*sequences 2..5.*lower"):
+        TokenSequences(data, 2, 4, seq_length=8)
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["contiguous", "per-sequence"])
+def test_token_ids_beyond_the_vocabulary_name_the_sequence(tmp_path, uniform):
+    seqs = [np.arange(10) + i for i in range(30)]
+    if not uniform:
+        seqs[3] = np.arange(12)  # a longer sequence: its tail is not used
+    seqs[17][4] = 700
+    write_mmap_tokens(tmp_path / "document", seqs)
+    data = TokenSequences(tmp_path / "document", seq_length=10)
+    check_token_ids(TokenSequences(data.corpus, 0, 17, seq_length=10), 100, chunk_tokens=40)  # before it
+    check_token_ids(data, 701)
+    with pytest.raises(MMapFormatError, match="sequence 17 holds token id 700.*vocabulary of 700 ids"):
+        check_token_ids(data, 700, chunk_tokens=40)
 
 
 def test_token_sequences_order_range_and_length(tmp_path):
@@ -130,6 +166,9 @@ def test_committed_mini_corpus():
     data = MMapTokens(prefix)
     vocab = 1024  # tests/samples/models/tiny-pythia
     assert all(0 <= int(data[i].max()) < vocab for i in range(len(data)))
+    check_token_ids(TokenSequences(data, seq_length=129), vocab)
+    with pytest.raises(MMapFormatError, match="outside the model's vocabulary"):
+        check_token_ids(TokenSequences(data, seq_length=129), int(data[0].max()))
     assert len(TokenSequences(data, 0, 64, seq_length=129)) == 64
 
 
