@@ -52,6 +52,30 @@ def audio_info(path: str | Path) -> AudioInfo:
     return AudioInfo(info.samplerate, info.channels, info.frames)
 
 
+def listed_audio_info(path: str | Path, sample_rate: int, corpus: str, listed_at: str) -> AudioInfo:
+    """The header of an audio file a data preparation lists (at `listed_at`, e.g. "split.txt:12"), checked
+    as training will read it: `sample_rate` Hz, mono, and at least one sample. A file that fails would
+    otherwise pass the preparation and stop training mid-epoch at the batch holding it."""
+    info = audio_info(path)
+    if info.sample_rate != sample_rate:
+        raise AudioFileError(
+            f"{path} (listed at {listed_at}) is sampled at {info.sample_rate} Hz; {corpus} audio is "
+            f"{sample_rate} Hz: resample it (e.g. `sox in out rate {sample_rate}`) or re-extract the corpus"
+        )
+    if info.channels != 1:
+        raise AudioFileError(
+            f"{path} (listed at {listed_at}) has {info.channels} channels; {corpus} audio is mono: downmix "
+            "it or re-extract the corpus"
+        )
+    if info.frames == 0:
+        raise AudioFileError(
+            f"{path} (listed at {listed_at}) holds no audio: its header is valid but it has 0 samples (an "
+            "interrupted copy or download): re-extract or re-download it, or remove its line from "
+            f"{listed_at.rsplit(':', 1)[0]}"
+        )
+    return info
+
+
 _SAMPLE_BYTES = {"PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 

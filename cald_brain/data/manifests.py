@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -75,6 +76,29 @@ def fix_labels(path: Path, labels: Sequence[str], what: str) -> None:
     write_atomic(path, "".join(f"{label}\n" for label in labels))
 
 
+def warn_untrained_labels(split_rows: dict[str, list[dict[str, str]]], label_key: str, what: str) -> None:
+    """A warning naming the labels that have rows in other splits but none in ``train`` (with their counts):
+    the classifier never learns them, so each of their items is an error it cannot avoid."""
+    trained = {row[label_key] for row in split_rows.get("train", [])}
+    counts: dict[str, Counter[str]] = {}
+    for split, rows in split_rows.items():
+        for row in rows:
+            if row[label_key] not in trained:
+                counts.setdefault(row[label_key], Counter())[split] += 1
+    if counts:
+        shown = "; ".join(
+            f"{label} ({', '.join(f'{n} in {split}' for split, n in found.items())})"
+            for label, found in sorted(counts.items())[:20]
+        )
+        logger.warning(
+            "%d %s labels have no training item, so the classifier never learns them: %s%s",
+            len(counts),
+            what,
+            shown,
+            " ..." if len(counts) > 20 else "",
+        )
+
+
 def write_labelled_manifests(
     save_folder: Path,
     columns: Sequence[str],
@@ -91,6 +115,7 @@ def write_labelled_manifests(
     save_folder.mkdir(parents=True, exist_ok=True)
     options_path.unlink(missing_ok=True)  # written last: its presence marks a complete preparation
     labels = sorted({row[label_key] for rows in split_rows.values() for row in rows})
+    warn_untrained_labels(split_rows, label_key, what)
     fix_labels(save_folder / label_file, labels, what)
     for split, rows in split_rows.items():
         write_csv_atomic(save_folder / f"{split}.csv", columns, rows)

@@ -7,6 +7,7 @@ or a float for regression (STS-B).
 """
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -37,9 +38,19 @@ class TsvTable:
 
 def read_tsv(path: str | Path, columns: Sequence[str] | None = None) -> TsvTable:
     """Read a GLUE file the way the GLUE loaders do: tab-separated, no quote handling (a `"` is an ordinary
-    character), a header row first unless `columns` names the fields of a header-less file (CoLA)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    character), a header row first unless `columns` names the fields of a header-less file (CoLA). Text that
+    is not UTF-8 is a ValueError naming the file, the line and the byte."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {column}); GLUE files are "
+            "UTF-8: convert the file (e.g. `iconv -f latin1 -t utf-8`) or fix the line"
+        ) from err
+    lines = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     first_data_line = 1
     if columns is None:
         if not lines:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,45 @@ def read_split(task: TextTask, path: Path) -> tuple[dict[str, dict[str, Any]], l
         )
     items: dict[str, dict[str, Any]] = {}
     malformed = list(table.malformed)
+    bad_labels: Counter[str] = Counter()
     for line, row in zip(table.lines, table.rows, strict=True):
         label = parse_label(task, row[task.label])
         if label is None:
             malformed.append(line)
+            bad_labels[row[task.label]] += 1
             continue
         item = {"text": row[task.text], "label": label}
         if task.text_pair is not None:
             item["text_pair"] = row[task.text_pair]
         items[f"{path.stem}-{line}"] = item
+    if not items:
+        raise ValueError(
+            f"{path}: no usable row: {why_unusable(task, table.columns, len(table.malformed), bad_labels)}"
+        )
+    if bad_labels:
+        logger.warning("%s: labels outside the task's: %s", path, describe_labels(task, bad_labels))
     return items, sorted(malformed)
+
+
+def describe_labels(task: TextTask, found: Counter[str]) -> str:
+    """The values found in the label column (most common first) against those --task expects."""
+    shown = ", ".join(f"{value!r} ({count} rows)" for value, count in found.most_common(5))
+    expected = "a number (a similarity score)" if task.labels is None else " / ".join(map(repr, task.labels))
+    return f"column {task.label!r} holds {shown}; --task={task.name} expects {expected}"
+
+
+def why_unusable(task: TextTask, columns: list[str], malformed: int, bad_labels: Counter[str]) -> str:
+    """Why a GLUE file gave no row: rows without the header's number of fields, or labels of another kind
+    (e.g. words where the task's files hold class numbers)."""
+    if not bad_labels:
+        return (
+            f"no line has the header's {len(columns)} tab-separated fields ({malformed} malformed lines); is "
+            f"the file tab-separated, as distributed for --task={task.name}?"
+        )
+    return (
+        f"{describe_labels(task, bad_labels)}. Map the labels to these values (as the GLUE distribution "
+        "writes them), or check --task"
+    )
 
 
 def parse_label(task: TextTask, value: str) -> int | float | None:
@@ -88,14 +118,34 @@ def prepare_glue(
     for split in splits:
         path = data_folder / f"{split}.tsv"
         items, malformed = read_split(spec, path)
-        if not items:
-            raise ValueError(f"{path}: no usable row (malformed lines: {len(malformed)})")
         manifests[split] = items
         if malformed:
             shown = ", ".join(map(str, malformed[:20])) + (" ..." if len(malformed) > 20 else "")
             logger.warning("%s: %d malformed rows skipped (lines %s)", path, len(malformed), shown)
         logger.info("%s: %d rows", path, len(items))
+    warn_untrained_labels(spec, manifests)
     write_manifests(save_folder, options, manifests)
+
+
+def warn_untrained_labels(task: TextTask, manifests: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """A warning naming the classes that have no training row (the head never learns them)."""
+    if task.labels is None:
+        return
+    trained = {item["label"] for item in manifests["train"].values()}
+    counts = {
+        name: Counter(task.labels[item["label"]] for item in items.values() if item["label"] not in trained)
+        for name, items in manifests.items()
+    }
+    missing = sorted(label for i, label in enumerate(task.labels) if i not in trained)
+    if missing:
+        held_out = "; ".join(f"{name}: {dict(found)}" for name, found in counts.items() if found)
+        logger.warning(
+            "GLUE %s: no training row for the labels %s (rows in %s): the classifier never learns them; "
+            "check that train.tsv is complete",
+            task.name,
+            missing,
+            held_out or "no split",
+        )
 
 
 def main() -> None:

@@ -38,7 +38,8 @@ def clean_review(text: str) -> str:
 
 
 def read_class(folder: Path, split: str, label: str) -> list[tuple[str, dict[str, Any]]]:
-    """(id, item) of every review file in `folder`, sorted by review id."""
+    """(id, item) of every review file in `folder`, sorted by review id; a folder without any is an error (a
+    split with one class only would train a classifier that never predicts the other)."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} not found: --data_folder must be the extracted aclImdb folder (holding "
@@ -54,6 +55,12 @@ def read_class(folder: Path, split: str, label: str) -> list[tuple[str, dict[str
             raise ValueError(f"{path} is empty; is the corpus fully extracted?")
         item = {"text": text, "label": IMDB_TASK.labels.index(label), "rating": int(match.group(2))}
         reviews.append((int(match.group(1)), (f"{split}-{label}-{path.stem}", item)))
+    if not reviews:
+        raise ValueError(
+            f"{folder} holds no review file (<id>_<rating>.txt): the {split} split would have no {label!r} "
+            "review. Extract the aclImdb archive completely (each of train/pos, train/neg, test/pos, "
+            "test/neg holds 12,500 reviews)"
+        )
     return [entry for _, entry in sorted(reviews)]
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cald_brain.data.audio import audio_info
+from cald_brain.data.audio import listed_audio_info
 from cald_brain.data.manifests import is_prepared, write_labelled_manifests
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ def read_records(path: Path) -> list[tuple[int, dict]]:
             missing = [field for field in REQUIRED_FIELDS if field not in record]
             if missing:
                 raise ValueError(f"{path}:{number}: SLURP record without {', '.join(missing)}")
+            if not isinstance(record["recordings"], list):
+                raise ValueError(f"{path}:{number}: 'recordings' must be a list of {{\"file\": ...}} entries")
             records.append((number, record))
     return records
 
@@ -114,7 +116,12 @@ def _source_rows(
     rows, duplicates = [], 0
     for number, record in read_records(jsonl):
         for recording in record["recordings"]:
-            name = recording["file"]
+            name = recording.get("file") if isinstance(recording, dict) else None
+            if not isinstance(name, str) or not name:
+                raise ValueError(
+                    f"{jsonl}:{number}: a recordings entry without a file name ({recording!r}); each entry "
+                    'must be {"file": "audio-....flac", ...}: fix the line or remove the entry'
+                )
             key = f"{source.audio}/{name}"
             if key in seen:
                 duplicates += 1
@@ -127,11 +134,7 @@ def _source_rows(
                     f"Recording {name} listed at {jsonl}:{number} is not in {audio_folder}: is the audio "
                     "archive fully unpacked?"
                 )
-            info = audio_info(path)
-            if info.sample_rate != SAMPLE_RATE:
-                raise ValueError(
-                    f"{path} is sampled at {info.sample_rate} Hz; SLURP audio is {SAMPLE_RATE} Hz"
-                )
+            info = listed_audio_info(path, SAMPLE_RATE, "SLURP", f"{jsonl}:{number}")
             progress.update()
             rows.append(
                 {

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cald_brain.data.audio import audio_info
+from cald_brain.data.audio import listed_audio_info
 from cald_brain.data.manifests import is_prepared, write_labelled_manifests
 
 logger = logging.getLogger(__name__)
@@ -105,11 +105,7 @@ def prepare_voxceleb1(
                 f"{path}, listed at {split_path}:{number}, does not exist: are both the dev and the test "
                 "archives unpacked into wav/?"
             )
-        info = audio_info(path)
-        if info.sample_rate != SAMPLE_RATE:
-            raise ValueError(
-                f"{path} is sampled at {info.sample_rate} Hz; VoxCeleb1 audio is {SAMPLE_RATE} Hz"
-            )
+        info = listed_audio_info(path, SAMPLE_RATE, "VoxCeleb1", f"{split_path}:{number}")
         rows[split].append(
             {
                 "ID": relative.removesuffix(".wav").replace("/", "--"),

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -175,3 +176,27 @@ def test_regenerating_gives_the_committed_sample(tmp_path):
     make_samples = load_repo_script("tools/make_samples.py", "make_samples")
     make_samples.build_slurp(tmp_path / "SLURP")
     assert_same_tree(tmp_path / "SLURP", SAMPLE)
+
+
+def _edit_record(root: Path, name: str, index: int, edit) -> None:
+    path = root / "slurp" / "dataset" / "slurp" / name
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    edit(records[index])
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def test_a_recording_entry_without_file_names_the_jsonl_line(tmp_path):
+    root = _copy_root(tmp_path)
+    _edit_record(root, "test.jsonl", 2, lambda record: record["recordings"][0].pop("file"))
+    with pytest.raises(ValueError, match=r"test\.jsonl:3: a recordings entry without a file name"):
+        prepare.prepare_slurp(root, tmp_path / "save")
+
+
+def test_an_intent_only_in_test_is_named_in_a_warning(tmp_path, caplog):
+    root = _copy_root(tmp_path)
+    _edit_record(root, "test.jsonl", 0, lambda record: record.update(scenario="alarm", action="snooze"))
+    listed = len(_records("test.jsonl")[0]["recordings"])
+    with caplog.at_level(logging.WARNING):
+        prepare.prepare_slurp(root, tmp_path / "save")
+    assert "1 intent labels have no training item" in caplog.text
+    assert f"never learns them: alarm_snooze ({listed} in test)" in caplog.text

@@ -7,9 +7,13 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from conftest import VOXCELEB1_SAMPLE as SAMPLE
 from conftest import assert_same_tree, load_repo_script
+
+from cald_brain.data.audio import AudioFileError
 
 prepare = load_repo_script("recipes/VoxCeleb1/prepare.py", "voxceleb1_prepare")
 
@@ -130,3 +134,38 @@ def test_regenerating_gives_the_committed_sample(tmp_path):
     make_samples = load_repo_script("tools/make_samples.py", "make_samples")
     make_samples.build_voxceleb1(tmp_path / "VoxCeleb1")
     assert_same_tree(tmp_path / "VoxCeleb1", SAMPLE)
+
+
+def _root_with_copied_wav(tmp_path: Path) -> Path:
+    """A VoxCeleb1 root with its own copy of the sample's wav/ tree (editable) and its split file."""
+    root = tmp_path / "VoxCeleb1"
+    shutil.copytree(SAMPLE / "wav", root / "wav")
+    shutil.copy(SAMPLE / "iden_split.txt", root / "iden_split.txt")
+    return root
+
+
+@pytest.mark.parametrize(
+    "audio, message",
+    [
+        (np.zeros(0, dtype="float32"), "holds no audio: its header is valid but it has 0 samples"),
+        (np.zeros((800, 2), dtype="float32"), "has 2 channels; VoxCeleb1 audio is mono"),
+    ],
+    ids=["zero-samples", "stereo"],
+)
+def test_a_listed_file_training_could_not_read_stops_the_preparation(tmp_path, audio, message):
+    """A valid header with 0 samples (or 2 channels) used to pass and stop training mid-epoch."""
+    root = _root_with_copied_wav(tmp_path)
+    relative = SPLIT_LINES[5].split()[1]
+    sf.write(root / "wav" / relative, audio, 16000, subtype="PCM_16")
+    with pytest.raises(AudioFileError, match=rf"{relative} \(listed at .*iden_split\.txt:6\) {message}"):
+        prepare.prepare_voxceleb1(root, tmp_path / "save")
+    assert not (tmp_path / "save").exists()  # nothing written
+
+
+def test_a_speaker_without_training_files_is_named_in_a_warning(tmp_path, caplog):
+    lines = [line.replace("1 ", "2 ", 1) if " id10005/" in line else line for line in SPLIT_LINES]
+    root = _root_with_split(tmp_path, lines)
+    with caplog.at_level(logging.WARNING):
+        prepare.prepare_voxceleb1(root, tmp_path / "save")
+    assert "1 speaker labels have no training item" in caplog.text
+    assert "id10005 (6 in dev, 2 in test)" in caplog.text
