@@ -4,6 +4,7 @@ files, CoLA without header, IMDB's tree (unsup ignored, <br /> removed) and its 
 
 import json
 import logging
+import shutil
 
 import pytest
 from conftest import SAMPLES, load_repo_script
@@ -161,3 +162,52 @@ def test_glue_hybrid_switch_defaults_to_the_reference_step_of_the_task():
     with pytest.raises(SystemExit, match="--distill_until_step"):
         unset = {"guidance_mode": "hybrid", "distill_until_step": None}
         train.resolve_hybrid_switch(unset, GLUE_TASKS["rte"])
+
+
+def copy_glue(tmp_path, name):
+    folder = tmp_path / name
+    shutil.copytree(GLUE_SAMPLES / name, folder)
+    return folder
+
+
+def test_glue_non_utf8_input_names_the_file_line_and_byte(tmp_path):
+    folder = copy_glue(tmp_path, "SST-2")
+    lines = (folder / "train.tsv").read_bytes().split(b"\n")
+    lines[6] = lines[6].replace(b" ", " caf\xe9 ".encode("latin-1"), 1)  # a latin-1 file
+    (folder / "train.tsv").write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError, match=r"train\.tsv:7: not UTF-8 text \(byte 0xe9 at column \d+\).*iconv"):
+        glue.prepare_glue(folder, tmp_path / "out", "sst2")
+
+
+def test_glue_labels_of_another_kind_say_what_was_found_and_expected(tmp_path):
+    folder = copy_glue(tmp_path, "SST-2")
+    text = (folder / "train.tsv").read_text()
+    (folder / "train.tsv").write_text(text.replace("\t1\n", "\tpositive\n").replace("\t0\n", "\tnegative\n"))
+    with pytest.raises(
+        ValueError,
+        match=r"train\.tsv: no usable row: column 'label' holds '(positive|negative)' \(\d+ rows\), "
+        r"'(positive|negative)' \(\d+ rows\); --task=sst2 expects '0' / '1'",
+    ):
+        glue.prepare_glue(folder, tmp_path / "out", "sst2")
+
+
+def test_glue_label_without_training_rows_is_named_in_a_warning(tmp_path, caplog):
+    folder = copy_glue(tmp_path, "SST-2")
+    lines = (folder / "train.tsv").read_text().splitlines()
+    (folder / "train.tsv").write_text("\n".join(line for line in lines if not line.endswith("\t1")) + "\n")
+    with caplog.at_level(logging.WARNING):
+        glue.prepare_glue(folder, tmp_path / "out", "sst2")
+    positives = sum(line.endswith("\t1") for line in (folder / "dev.tsv").read_text().splitlines())
+    assert (
+        f"GLUE sst2: no training row for the labels ['1'] (rows in dev: {{'1': {positives}}})" in caplog.text
+    )
+
+
+def test_imdb_class_folder_without_reviews_is_an_error(tmp_path):
+    root = tmp_path / "aclImdb"
+    shutil.copytree(SAMPLES / "aclImdb", root)
+    for review in (root / "train" / "pos").iterdir():
+        review.unlink()
+    with pytest.raises(ValueError, match=r"train/pos holds no review file.*no 'pos' review"):
+        imdb.prepare_imdb(root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
