@@ -31,6 +31,7 @@ from cald_brain.run_control import (
     StopRequest,
     check_run_identity,
     check_run_options,
+    check_teacher_identity,
     scalar_type,
 )
 
@@ -202,11 +203,15 @@ def lock_output_folder(folder: str) -> RunLock | None:
 
 
 def check_output_folder(folder: str, hparams_file: str, overrides: str | dict | None) -> None:
-    """The output folder must hold this run's kind of results (`check_run_identity`; rank 0 only)."""
+    """The output folder must hold this run's kind of results (`check_run_identity`), and the teacher run
+    must have been trained for this task (`check_teacher_identity`); rank 0 only."""
     if not sb.utils.distributed.if_main_process():
         return
+    identity = run_identity(hparams_file, overrides)
     try:
-        check_run_identity(folder, run_identity(hparams_file, overrides))
+        if "teacher_path" in identity:
+            check_teacher_identity(identity["teacher_path"], identity)
+        check_run_identity(folder, identity)
     except RunIdentityError as err:
         raise RecipeError(str(err)) from err
 

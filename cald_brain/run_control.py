@@ -313,3 +313,32 @@ def check_run_identity(folder: str | Path, identity: dict[str, Any]) -> None:
     if {**recorded, **identity} != recorded or not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps({**recorded, **identity}, indent=2))
+
+
+# Settings a teacher must share with the student run it guides (what it was trained for).
+TEACHER_IDENTITY_KEYS = ("task",)
+
+
+def check_teacher_identity(teacher_path: str | Path, identity: dict[str, Any]) -> None:
+    """The teacher run found at `teacher_path` (its save folder, a checkpoint in it, or its output folder)
+    must have been trained for this run's task: its `run_identity.json` (in that folder or up to two levels
+    above) is compared on TEACHER_IDENTITY_KEYS; a difference is a RunIdentityError naming both values. A
+    teacher without the record (e.g. a hub model) is not checked."""
+    folder = Path(teacher_path)
+    for candidate in (folder, *list(folder.parents)[:2]):
+        path = candidate / IDENTITY_NAME
+        if path.is_file():
+            break
+    else:
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for key in TEACHER_IDENTITY_KEYS:
+        if key in recorded and key in identity and recorded[key] != identity[key]:
+            raise RunIdentityError(
+                f"teacher_path={teacher_path} was trained with {key}={recorded[key]!r} ({path}), this run "
+                f"has {key}={identity[key]!r}: a teacher guides only the {key} it was trained for. Give the "
+                f"teacher run of {key}={identity[key]!r} (run its teacher hparams first)."
+            )

@@ -90,3 +90,17 @@ def test_start_recipe_checks_the_folder_before_loading_anything(tmp_path):
     argv = ["hparams/bimamba2_trajectory.yaml", "--data_folder=/nowhere", f"--output_folder={out}"]
     with pytest.raises(RecipeError, match="guidance_mode: 'target' there, 'trajectory' now"):
         start_recipe(str(ROOT / "recipes" / "TEDLIUM"), argv)
+
+
+def test_a_teacher_of_another_task_is_refused(tmp_path):
+    teacher = tmp_path / "sst2-teacher"
+    check_output_folder(
+        str(teacher), GLUE_YAML, f"task: sst2\ndata_folder: /glue/SST-2\noutput_folder: {teacher}"
+    )
+    (teacher / "save").mkdir()
+    student_yaml = str(ROOT / "nlp" / "GLUE" / "hparams" / "linformer_target.yaml")
+    student = tmp_path / "student"
+    overrides = f"task: qnli\ndata_folder: /glue/QNLI\noutput_folder: {student}\nteacher_path: {teacher}/save"
+    with pytest.raises(RecipeError, match=r"teacher_path=.*/save was trained with task='sst2'.*task='qnli'"):
+        check_output_folder(str(student), student_yaml, overrides)
+    check_output_folder(str(student), student_yaml, overrides.replace("qnli", "sst2"))  # its own task: fine
