@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
     teacher_job = None
     if teacher and not args.no_teacher:
-        name = f"--job-name=cald-{args.recipe.name}-teacher"
+        name = f"--job-name=cald-{args.recipe.name}-{teacher[0].path.stem}"
         teacher_job = sbatch(
             [name, *args.sbatch, str(TEMPLATE), str(train), str(teacher[0].path), *overrides], args.dry_run
         )
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{', '.join(run.mode for run in members)} ({listing}): array job {job}")
             continue
         for run in members:
-            options = [f"--job-name=cald-{args.recipe.name}-{run.mode}", *dependency, *args.sbatch]
+            options = [f"--job-name=cald-{args.recipe.name}-{run.path.stem}", *dependency, *args.sbatch]
             job = sbatch([*options, str(TEMPLATE), str(train), str(run.path), *overrides], args.dry_run)
             print(f"{run.mode} {run.path}: job {job}")
 
