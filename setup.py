@@ -1,6 +1,14 @@
 """Install cald_brain: Cross-Architecture Layerwise Distillation recipes on top of SpeechBrain."""
 
+import runpy
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The supported versions live in one place, read here without importing cald_brain (not installed yet).
+requirement_strings = runpy.run_path(str(Path(__file__).parent / "cald_brain" / "requirements.py"))[
+    "requirement_strings"
+]
 
 setup(
     name="cald_brain",
@@ -13,18 +21,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["cald_brain", "cald_brain.*"]),
-    install_requires=[
-        "speechbrain>=1.1,<1.2",
-        "torch>=2.6",
-        "torchaudio>=2.6",
-        "transformers>=4.45",
-        "hyperpyyaml>=1.2",
-        "sentencepiece",
-        "jiwer",
-        "soundfile",
-        "safetensors",
-        "tqdm",
-    ],
+    install_requires=requirement_strings(),
     extras_require={
         # CUDA kernels; never needed on CPU. See README "GPU kernels" (pip install --no-build-isolation).
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],

@@ -190,6 +190,22 @@ def check_override_types(hparams_file: str, overrides: str | dict | None) -> Non
             )
 
 
+def cpu_distributed_backend(run_opts: Any) -> Any:
+    """Under torchrun on the CPU (`--device=cpu`, RANK set) the process group must use gloo: NCCL needs GPUs
+    and SpeechBrain would stop with "Not enough GPUs available!". gloo is taken unless a backend was given;
+    `--distributed_backend=nccl` given with `--device=cpu` is a RecipeError naming the flag to change."""
+    if "RANK" not in os.environ or not str(run_opts.device).startswith("cpu"):
+        return run_opts
+    if run_opts.distributed_backend != "nccl":
+        return run_opts
+    if "distributed_backend" in (run_opts.overridden_args or ()):
+        raise RecipeError(
+            "--distributed_backend=nccl needs GPUs, but this run has --device=cpu: use "
+            "--distributed_backend=gloo (or leave it out: CPU runs under torchrun use gloo)"
+        )
+    return dataclasses.replace(run_opts, distributed_backend="gloo")
+
+
 def lock_output_folder(folder: str) -> RunLock | None:
     """Take the run lock of `folder` (rank 0 only under torchrun); a live run holding it is a RecipeError."""
     if not sb.utils.distributed.if_main_process():
@@ -226,7 +242,7 @@ def start_recipe(recipe_dir: str, argv: list[str] | None = None) -> tuple[dict[s
     StopRequest.install()
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
     hparams_file = resolve_hparams_path(hparams_file, recipe_dir)
-    run_opts = typed_run_options(run_opts)
+    run_opts = cpu_distributed_backend(typed_run_options(run_opts))
     check_override_types(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     folder = output_folder_of(hparams_file, overrides)
