@@ -29,10 +29,10 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "run.lock"
 IDENTITY_NAME = "run_identity.json"
 STOP_SIGNAL = signal.SIGUSR1
-STOP_EXIT_CODE = 85  # a run stopped on STOP_SIGNAL after saving a checkpoint; the SLURM template requeues it
-# Every signal that stops a run cleanly, and the exit status after its checkpoint. SIGTERM exits as a
-# process killed by it would (128 + 15), so that a cancelled SLURM job is not requeued.
-STOP_EXIT_CODES = {STOP_SIGNAL: STOP_EXIT_CODE, signal.SIGTERM: 128 + signal.SIGTERM}
+STOP_EXIT_CODE = 85  # a run stopped after saving a checkpoint; the SLURM template requeues it
+# Every signal that stops a run cleanly: SLURM's warning before the time limit (USR1) and what scancel,
+# preemption and container runtimes send (TERM). Both exit with STOP_EXIT_CODE after the checkpoint.
+STOP_SIGNALS = (STOP_SIGNAL, signal.SIGTERM)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -163,9 +163,9 @@ class RunLock:
 
 
 class StopRequest:
-    """Set when a signal of STOP_EXIT_CODES arrives; the Brain checks it at the end of each optimizer step,
-    saves a checkpoint and exits with the signal's exit status (85 for SIGUSR1, so that a batch script can
-    requeue the job). `signal` is the last signal received."""
+    """Set when a signal of STOP_SIGNALS arrives; the Brain checks it at the end of each optimizer step, saves
+    a checkpoint and exits with STOP_EXIT_CODE (so that a batch script can requeue the job). `signal` is the
+    last signal received."""
 
     requested = False
     signal: signal.Signals = STOP_SIGNAL
@@ -185,21 +185,27 @@ class StopRequest:
         """Handle the stop signals from now on (main thread only; idempotent)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in STOP_EXIT_CODES:
+        for signum in STOP_SIGNALS:
             if signal.getsignal(signum) != cls._handle:
                 signal.signal(signum, cls._handle)
 
 
 class StoppedOnSignal(SystemExit):
-    """Raised after the checkpoint following a stop request: the process exits with the signal's status."""
+    """Raised after the checkpoint following a stop request: the process exits with STOP_EXIT_CODE. Further
+    stop signals are ignored from then on: a cluster and the SLURM scripts may deliver the stop more than
+    once, and one arriving while Python shuts down (its handlers already reset) would kill the process with
+    another status."""
 
     def __init__(self, checkpoint: str) -> None:
         received = StopRequest.signal
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
         logger.warning(
             f"Stopped on {received.name} after saving {checkpoint}; run the same command again to resume "
             "from it"
         )
-        super().__init__(STOP_EXIT_CODES[received])
+        super().__init__(STOP_EXIT_CODE)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from toy_task import ToyBrain, ToyNet, fit, make_brain, make_dataset
 
 from cald_brain.distill.losses import layerwise_distillation_loss
 from cald_brain.recipe import RecipeError
-from cald_brain.run_control import STOP_EXIT_CODES
+from cald_brain.run_control import STOP_EXIT_CODE, StopRequest
 
 STEPS_PER_EPOCH = 6  # 24 items, batch 4
 
@@ -363,8 +363,8 @@ class SignalledBrain(ToyBrain):
             os.kill(os.getpid(), self.stop_signal)
 
 
-# SIGUSR1: SLURM's warning before the time limit (exit 85: requeue); SIGTERM: `kill`, scancel, a container
-# runtime (exit 143, as killed by it).
+# SIGUSR1: SLURM's warning before the time limit; SIGTERM: `kill`, scancel, preemption, a container runtime.
+# Both exit 85 (the SLURM template requeues the job), ignoring further stop signals while exiting.
 @pytest.mark.parametrize("stop_signal", [signal.SIGUSR1, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_stop_signal_saves_at_the_end_of_the_step_and_exits(stop_signal, tmp_path, caplog):
     opts = {"grad_accumulation_factor": 2}  # micro-batch 3 is inside the 2nd accumulation window
@@ -374,7 +374,9 @@ def test_a_stop_signal_saves_at_the_end_of_the_step_and_exits(stop_signal, tmp_p
     brain.stop_signal = stop_signal
     with pytest.raises(SystemExit) as stopped:
         fit(brain, batch_size=2)
-    assert stopped.value.code == STOP_EXIT_CODES[stop_signal]
+    assert stopped.value.code == STOP_EXIT_CODE
+    assert signal.getsignal(signal.SIGUSR1) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    StopRequest.install()  # what the next run does
     assert f"Stopped on {stop_signal.name}" in caplog.text and "run the same command again" in caplog.text
     assert brain.step == 4 and brain.optimizer_step == 2  # finished the window, then saved
     (ckpt,) = brain.checkpointer.list_checkpoints()
