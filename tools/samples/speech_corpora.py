@@ -374,61 +374,85 @@ def _slurp_readme(stats: list[str]) -> str:
     )
 
 
+@dataclass
+class _SlurpCursor:
+    """What runs on through the whole mini SLURP: the random draws, file time stamps, ids, next speaker."""
+
+    rng: random.Random
+    noise_rng: np.random.Generator
+    timestamp: int = SLURP_TIMESTAMP0
+    slurp_id: int = 1000
+    voice_index: int = 0
+
+
+def _slurp_recordings(
+    cursor: _SlurpCursor, sentence: str, audio_dir: Path, k: int, count: int, synthetic: bool
+) -> list[dict]:
+    """Write ``count`` recordings of ``sentence`` (record ``k`` of its intent) and return their jsonl entries.
+
+    Two recordings a record: headset then far field; one: alternating by record. Synthetic ones are clean.
+    """
+    recordings = []
+    for r in range(count):
+        cursor.timestamp += 37 + cursor.rng.randrange(500)
+        far_field = synthetic or (r == 1 if count == 2 else k % 2 == 1)
+        name = f"audio-{cursor.timestamp}{'' if far_field else '-headset'}.flac"
+        voice = SPEAKER_VOICES[cursor.voice_index % len(SPEAKER_VOICES)]
+        cursor.voice_index += 1
+        audio = _slurp_audio(sentence, voice, far_field and not synthetic, cursor.noise_rng)
+        sf.write(audio_dir / name, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        wer = 0.0 if r == 0 else round(cursor.rng.uniform(0.0, 0.3), 2)
+        recordings.append({"file": name, "wer": wer, "ent_wer": None, "status": "correct"})
+    return recordings
+
+
+def _slurp_record(
+    cursor: _SlurpCursor, spec: IntentSpec, jsonl: str, k: int, count: int, audio_dir: Path
+) -> dict:
+    """Record ``k`` of intent ``spec`` in split ``jsonl``; its ``count`` recordings go to ``audio_dir``."""
+    sentence, annotated, words, entities = _slurp_command(spec, cursor.rng)
+    cursor.slurp_id += 1 + cursor.rng.randrange(5)
+    slurp_id = cursor.slurp_id
+    if jsonl == "test.jsonl" and spec.scenario == "iot" and k == 0:
+        slurp_id, sentence = 962, "increase the brightness of the lights"
+        annotated, words, entities = sentence, sentence.split(), []
+    synthetic = jsonl == "train_synthetic.jsonl"
+    return {
+        "slurp_id": slurp_id,
+        "sentence": sentence,
+        "sentence_annotation": annotated,
+        "intent": spec.intent_field,
+        "action": spec.action,
+        "tokens": [{"surface": w, "id": i, "lemma": w, "pos": "NN"} for i, w in enumerate(words)],
+        "scenario": spec.scenario,
+        "recordings": _slurp_recordings(cursor, sentence, audio_dir, k, count, synthetic),
+        "entities": entities,
+    }
+
+
 def build_slurp(out: Path) -> None:
     """Write the mini SLURP into ``out`` (typically tests/samples/SLURP)."""
     _prepare_out_dir(out, SLURP_README_MARKER)
-    rng = random.Random(SLURP_SEED)
-    noise_rng = np.random.default_rng(SLURP_SEED)
+    cursor = _SlurpCursor(random.Random(SLURP_SEED), np.random.default_rng(SLURP_SEED))
     meta_dir = out / "slurp" / "dataset" / "slurp"
     meta_dir.mkdir(parents=True)
-    timestamp, slurp_id, voice_index = SLURP_TIMESTAMP0, 1000, 0
     stats = []
-    for jsonl, per_intent, recordings_per_record in SLURP_SPLITS:
-        synthetic = jsonl == "train_synthetic.jsonl"
-        audio_dir = out / ("slurp_synth" if synthetic else "slurp_real")
+    for jsonl, per_intent, count in SLURP_SPLITS:
+        audio_dir = out / ("slurp_synth" if jsonl == "train_synthetic.jsonl" else "slurp_real")
         audio_dir.mkdir(exist_ok=True)
-        lines, n_files, seconds = [], 0, 0.0
-        for k in range(per_intent):
-            for spec in SLURP_INTENTS:
-                sentence, annotated, words, entities = _slurp_command(spec, rng)
-                slurp_id += 1 + rng.randrange(5)
-                if jsonl == "test.jsonl" and spec.scenario == "iot" and k == 0:
-                    slurp_id_field, sentence = 962, "increase the brightness of the lights"
-                    annotated, words, entities = sentence, sentence.split(), []
-                else:
-                    slurp_id_field = slurp_id
-                recordings = []
-                for r in range(recordings_per_record):
-                    timestamp += 37 + rng.randrange(500)
-                    far_field = synthetic or (r == 1 if recordings_per_record == 2 else k % 2 == 1)
-                    name = f"audio-{timestamp}{'' if far_field else '-headset'}.flac"
-                    voice = SPEAKER_VOICES[voice_index % len(SPEAKER_VOICES)]
-                    voice_index += 1
-                    if synthetic:
-                        audio = _slurp_audio(sentence, voice, False, noise_rng)
-                    else:
-                        audio = _slurp_audio(sentence, voice, far_field, noise_rng)
-                    sf.write(audio_dir / name, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-                    n_files += 1
-                    seconds += len(audio) / SAMPLE_RATE
-                    wer = 0.0 if r == 0 else round(rng.uniform(0.0, 0.3), 2)
-                    recordings.append({"file": name, "wer": wer, "ent_wer": None, "status": "correct"})
-                if jsonl == "train.jsonl" and len(lines) == 0:
-                    recordings.append(dict(recordings[0]))  # listed twice, as a few real records do
-                record = {
-                    "slurp_id": slurp_id_field,
-                    "sentence": sentence,
-                    "sentence_annotation": annotated,
-                    "intent": spec.intent_field,
-                    "action": spec.action,
-                    "tokens": [{"surface": w, "id": i, "lemma": w, "pos": "NN"} for i, w in enumerate(words)],
-                    "scenario": spec.scenario,
-                    "recordings": recordings,
-                    "entities": entities,
-                }
-                lines.append(json.dumps(record))
-        (meta_dir / jsonl).write_text("\n".join(lines) + "\n")
-        stats.append(f"{jsonl}: {len(lines)} records, {n_files} recordings, {seconds:.1f} s")
+        records = [
+            _slurp_record(cursor, spec, jsonl, k, count, audio_dir)
+            for k in range(per_intent)
+            for spec in SLURP_INTENTS
+        ]
+        files = [audio_dir / r["file"] for record in records for r in record["recordings"]]
+        seconds = sum(sf.info(f).frames for f in files) / SAMPLE_RATE
+        if jsonl == "train.jsonl":
+            records[0]["recordings"].append(
+                dict(records[0]["recordings"][0])
+            )  # listed twice, as in the corpus
+        (meta_dir / jsonl).write_text("\n".join(json.dumps(record) for record in records) + "\n")
+        stats.append(f"{jsonl}: {len(records)} records, {len(files)} recordings, {seconds:.1f} s")
     (out / "README").write_text(_slurp_readme(stats))
     print((out / "README").read_text())
 

@@ -169,7 +169,7 @@ def write_card(out: Path, stats: dict, accuracy: tuple[float, float, float], voc
     (out / "README.md").write_text(readme, encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -180,7 +180,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU may be shared)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def tiny_config(tokenizer: RobertaTokenizerFast) -> RobertaConfig:
+    """RoBERTa's architecture at the size of MODEL, with roberta-base's positions and the tokenizer's ids."""
+    return RobertaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=MAX_POSITIONS,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        **MODEL,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     if args.out.exists():
@@ -197,16 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(held_out)} held out"
     )
 
-    config = RobertaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=MAX_POSITIONS,
-        type_vocab_size=1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        **MODEL,
-    )
-    model = RobertaForMaskedLM(config)
+    model = RobertaForMaskedLM(tiny_config(tokenizer))
     before = masked_accuracy(model, held_out, tokenizer)
     pretrain(model, train, tokenizer, args)
     after = masked_accuracy(model, held_out, tokenizer)
