@@ -1,4 +1,5 @@
-"""recipes/SLURP/prepare.py on the mini SLURP sample (tests/samples/SLURP, made by tools/make_samples.py)."""
+"""recipes/SLURP/prepare.py on the mini SLURP sample (tests/samples/SLURP, made by
+tools/samples/speech_corpora.py)."""
 
 import csv
 import json
@@ -172,9 +173,10 @@ def test_runs_alone_from_the_command_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_regenerating_gives_the_committed_sample(tmp_path):
-    """Fails when tools/make_samples.py, the docstrings it reads or espeak-ng changed since the sample."""
-    make_samples = load_repo_script("tools/make_samples.py", "make_samples")
-    make_samples.build_slurp(tmp_path / "SLURP")
+    """Fails when tools/samples/speech_corpora.py, the docstrings it reads or espeak-ng changed since the
+    sample was made."""
+    speech_corpora = load_repo_script("tools/samples/speech_corpora.py", "speech_corpora")
+    speech_corpora.build_slurp(tmp_path / "SLURP")
     assert_same_tree(tmp_path / "SLURP", SAMPLE)
 
 

@@ -1,5 +1,5 @@
 """recipes/VoxCeleb1/prepare.py on the mini VoxCeleb1 sample (tests/samples/VoxCeleb1, made by
-tools/make_samples.py)."""
+tools/samples/speech_corpora.py)."""
 
 import csv
 import logging
@@ -130,9 +130,10 @@ def test_second_preparation_is_skipped(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_regenerating_gives_the_committed_sample(tmp_path):
-    """Fails when tools/make_samples.py, the docstrings it reads or espeak-ng changed since the sample."""
-    make_samples = load_repo_script("tools/make_samples.py", "make_samples")
-    make_samples.build_voxceleb1(tmp_path / "VoxCeleb1")
+    """Fails when tools/samples/speech_corpora.py, the docstrings it reads or espeak-ng changed since the
+    sample was made."""
+    speech_corpora = load_repo_script("tools/samples/speech_corpora.py", "speech_corpora")
+    speech_corpora.build_voxceleb1(tmp_path / "VoxCeleb1")
     assert_same_tree(tmp_path / "VoxCeleb1", SAMPLE)
 
 

@@ -1,7 +1,7 @@
 """The committed tiny pretrained GPT-NeoX (tests/samples/models/tiny-pythia, made by
-tools/make_tiny_pythia.py): it loads cleanly with its tokenizer, has the documented Pythia-style architecture
-and size, and its weights really are pretrained: on the held-out mini Pile corpus its perplexity is far below
-a random initialisation's."""
+tools/samples/tiny_pythia.py): it loads cleanly with its tokenizer, has the documented Pythia-style
+architecture and size, and its weights really are pretrained: on the held-out mini Pile corpus its perplexity
+is far below a random initialisation's."""
 
 import math
 

@@ -1,5 +1,5 @@
 """The committed tiny pretrained Wav2Vec2 (tests/samples/models/tiny-wav2vec2, made by
-tools/make_tiny_wav2vec2.py): it loads cleanly, has the documented architecture and size, and its weights
+tools/samples/tiny_wav2vec2.py): it loads cleanly, has the documented architecture and size, and its weights
 really are pretrained - with its pretraining CTC head it transcribes the mini TED-LIUM sample, which a
 random initialisation of the same architecture cannot."""
 
@@ -17,7 +17,7 @@ MAX_WEIGHT_BYTES = 3_000_000  # the folder must stay small: it is committed
 MAX_FOLDER_BYTES = 3_200_000
 
 
-tool = load_repo_script("tools/make_tiny_wav2vec2.py", "make_tiny_wav2vec2")
+tool = load_repo_script("tools/samples/tiny_wav2vec2.py", "tiny_wav2vec2")
 
 
 def _load() -> Wav2Vec2Model:
@@ -99,5 +99,5 @@ def test_weights_are_pretrained_not_random():
     cer = jiwer.cer(references, tool.transcribe(model, head, waves))
     torch.manual_seed(0)
     random_cer = jiwer.cer(references, tool.transcribe(Wav2Vec2Model(model.config), head, waves))
-    assert cer < 0.45, cer  # 0.27 when committed (README: 29.9 % on all 35 segments)
+    assert cer < 0.45, cer  # 0.27 with the committed weights (README: 29.9 % on all 35)
     assert random_cer > 0.8, random_cer  # 0.86 to 2.6 over 12 random seeds

@@ -4,8 +4,8 @@
 #   1. the `cuda`-marked tests: mamba_ssm / causal_conv1d kernels against the pure-PyTorch path (Mamba,
 #      Mamba2, BiMamba2: outputs and gradients on padded batches) and the mixed-precision kill-and-resume test;
 #   2. the TED-LIUM trajectory recipe with its full-size defaults (headdim 64, d_state 128, bf16, duration
-#      batches) on a randomly initialised wav2vec2-base stand-in (tools/gpu/make_base_standin.py), sample data
-#      (only the micro-batch size and accumulation lowered, so that the 20 sample utterances make steps);
+#      batches) on a randomly initialised wav2vec2-base stand-in (tools/samples/wav2vec2_standin.py), sample
+#      data (only the micro-batch size and accumulation lowered, so that the 20 sample utterances make steps);
 #   3. tools/bench_mixers.py on the GPU (the mixers against attention and transformers' Mamba2);
 #   4. tools/bench_generation.py: Pythia-1B-sized teacher vs its Mamba student (random weights), bf16.
 # Needs the kernels installed (tools/installers/install_cuda_kernels.sh); says so if they do not import.
@@ -21,7 +21,7 @@ PY
 status=0
 timeout 150 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m cuda tests/unit tests/engine/test_brain.py \
     2>&1 | tee "$OUT/pytest_cuda.log" || status=1
-"$PYTHON" tools/gpu/make_base_standin.py /tmp/wav2vec2-base-standin >/dev/null
+"$PYTHON" tools/samples/wav2vec2_standin.py /tmp/wav2vec2-base-standin >/dev/null
 timeout 120 "$PYTHON" recipes/TEDLIUM/train.py recipes/TEDLIUM/hparams/bimamba2_trajectory.yaml \
     --data_folder=tests/samples/TEDLIUM_release-3 --pretrained_source=/tmp/wav2vec2-base-standin \
     --output_folder=/tmp/gpu_check_tedlium --device=cuda:0 --number_of_epochs=3 --batch_size=4 --grad_accumulation_factor=2 --noprogressbar \

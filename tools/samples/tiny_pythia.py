@@ -12,11 +12,13 @@ pretraining set and a disjoint held-out set.
    parallel residual, as Pythia) on packed 128-token windows, for ``--steps`` AdamW steps;
 3. the mini corpus: held-out documents tokenized, joined with EOD and cut into ``--corpus_seq_length``-token
    sequences (as the Pythia pre-shuffled Pile is, with 2,049), written with ``cald_brain.data.mmap_tokens``;
-4. perplexity of the model on the held-out corpus before and after training, recorded in the model's README.
+4. perplexity of the model on the held-out corpus before and after training, recorded in the model's README
+   (``templates/tiny_pythia_README.md``; the corpus's: ``templates/pile_mini_README.md``).
 
 Everything is seeded. Usage::
 
-    python tools/make_tiny_pythia.py --out tests/samples/models/tiny-pythia --corpus tests/samples/pile_mini
+    python tools/samples/tiny_pythia.py --out tests/samples/models/tiny-pythia \\
+        --corpus tests/samples/pile_mini
 """
 
 import argparse
@@ -33,6 +35,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from cald_brain.data.mmap_tokens import write_mmap_tokens
+from cald_brain.scripts import load_script
+
+common = load_script(Path(__file__).with_name("common.py"), "tools_samples_common")
 
 EOD = "<|endoftext|>"
 TRAIN_MODULES = (
@@ -122,6 +127,26 @@ def pretrain(model: GPTNeoXForCausalLM, stream: np.ndarray, steps: int, window: 
             print(f"step {step:4d}  loss {loss.item():.3f}  ({time.time() - start:.0f} s)", flush=True)
 
 
+def tiny_config(tokenizer: PreTrainedTokenizerFast) -> GPTNeoXConfig:
+    """The tiny Pythia architecture: 2 layers of width 64, rotary on a quarter of each head, parallel
+    residual."""
+    return GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=2048,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,22 +171,7 @@ def main() -> None:
     sequences = held[: n * length].reshape(n, length)
     print(f"{len(train_texts)} training docs ({len(stream)} tokens); corpus {n} x {length} held-out tokens")
 
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=2048,
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
-    )
-    model = GPTNeoXForCausalLM(config)
+    model = GPTNeoXForCausalLM(tiny_config(tokenizer))
     probe = torch.from_numpy(sequences[: n // 4])
     before = perplexity(model, probe)
     pretrain(model, stream, args.steps, window=128, batch=16)
@@ -171,22 +181,21 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    (args.out / "README.md").write_text(
-        "# tiny-pythia\n\nA GPT-NeoX (Pythia architecture: 2 layers, width 64, 4 heads, rotary on 25 %, "
-        f"parallel residual) with a {len(tokenizer)}-token byte-level BPE tokenizer, pretrained for "
-        f"{args.steps} steps "
-        "on Python standard-library docstrings by `tools/make_tiny_pythia.py`. Held-out perplexity "
-        f"(first {n // 4} sequences of tests/samples/pile_mini): {before:.1f} at random init, {after:.1f} "
-        "after pretraining.\n",
-        encoding="utf-8",
-    )
     write_mmap_tokens(args.corpus / "document", list(sequences), dtype=np.uint16)
-    (args.corpus / "README.md").write_text(
-        f"# pile_mini\n\n{n} sequences of {length} tokens in the Pythia Pile's MMIDIDX format "
-        "(document.idx + document.bin, uint16), tokenized with tests/samples/models/tiny-pythia's tokenizer "
-        "from held-out Python docstrings joined with <|endoftext|>. Made by `tools/make_tiny_pythia.py`.\n",
-        encoding="utf-8",
+    model_card = common.render(
+        "tiny_pythia_README.md",
+        layers=model.config.num_hidden_layers,
+        width=model.config.hidden_size,
+        heads=model.config.num_attention_heads,
+        vocabulary=len(tokenizer),
+        steps=args.steps,
+        probe=n // 4,
+        before=before,
+        after=after,
     )
+    (args.out / "README.md").write_text(model_card, encoding="utf-8")
+    corpus_card = common.render("pile_mini_README.md", sequences=n, length=length)
+    (args.corpus / "README.md").write_text(corpus_card, encoding="utf-8")
 
 
 if __name__ == "__main__":

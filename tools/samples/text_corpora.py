@@ -9,12 +9,12 @@ reviews on one line with ``<br /><br />`` breaks, plus ``train/unsup/`` and the 
 
 The text is made from small hand-written templates (sentiment phrases, questions and answers about made-up
 people and places), so it is disjoint from the Python documentation the tiny RoBERTa was pretrained on
-(``tools/make_tiny_roberta.py``), and learnable by a tiny model in a few CPU minutes. Everything is seeded:
+(``tiny_roberta.py``), and learnable by a tiny model in a few CPU minutes. Everything is seeded:
 the same command gives byte-identical files.
 
 Usage::
 
-    python tools/make_text_samples.py --out tests/samples
+    python tools/samples/text_corpora.py --out tests/samples
 """
 
 from __future__ import annotations
@@ -201,7 +201,9 @@ def make_imdb(out: Path, rng: random.Random, per_class: dict[str, int]) -> None:
     unsup.mkdir(parents=True, exist_ok=True)
     for i in range(3):
         (unsup / f"{i}_0.txt").write_text(review(rng, rng.random() < 0.5), encoding="utf-8")
-    (out / "README").write_text("Mini aclImdb sample made by tools/make_text_samples.py.\n", encoding="utf-8")
+    (out / "README").write_text(
+        "Mini aclImdb sample made by tools/samples/text_corpora.py.\n", encoding="utf-8"
+    )
     vocab = sorted({w.strip(".,;-").lower() for w in " ".join(POSITIVE + NEGATIVE + SUBJECTS).split()})
     (out / "imdb.vocab").write_text("\n".join(v for v in vocab if v) + "\n", encoding="utf-8")
 

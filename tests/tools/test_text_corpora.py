@@ -1,35 +1,25 @@
-"""tools/make_text_samples.py rebuilds the committed GLUE / aclImdb samples byte for byte, and the committed
-tiny RoBERTa loads as a Hugging Face checkpoint with its tokenizer and records its pretraining."""
+"""tools/samples/text_corpora.py rebuilds the committed GLUE / aclImdb samples byte for byte, and the
+committed tiny RoBERTa loads as a Hugging Face checkpoint with its tokenizer and records its pretraining."""
 
-import filecmp
 import json
 
 import pytest
-from conftest import SAMPLES, load_repo_script
+from conftest import SAMPLES, assert_same_tree, load_repo_script
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-make_text_samples = load_repo_script("tools/make_text_samples.py", "make_text_samples")
-
-
-def assert_same_tree(made, committed):
-    comparison = filecmp.dircmp(made, committed)
-    assert not comparison.left_only and not comparison.right_only and not comparison.funny_files
-    _, mismatch, errors = filecmp.cmpfiles(made, committed, comparison.common_files, shallow=False)
-    assert not mismatch and not errors, mismatch
-    for sub in comparison.common_dirs:
-        assert_same_tree(made / sub, committed / sub)
+text_corpora = load_repo_script("tools/samples/text_corpora.py", "text_corpora")
 
 
 def test_samples_are_rebuilt_identically(tmp_path):
-    make_text_samples.main(["--out", str(tmp_path)])
+    text_corpora.main(["--out", str(tmp_path)])
     assert_same_tree(tmp_path / "glue_data", SAMPLES / "glue_data")
     assert_same_tree(tmp_path / "aclImdb", SAMPLES / "aclImdb")
 
 
 @pytest.mark.slow
 def test_sample_task_text_is_disjoint_from_the_pretraining_text():
-    make_tiny_roberta = load_repo_script("tools/make_tiny_roberta.py", "make_tiny_roberta")
-    pretraining = "\n".join(make_tiny_roberta.pretraining_paragraphs()).lower()
+    tiny_roberta = load_repo_script("tools/samples/tiny_roberta.py", "tiny_roberta")
+    pretraining = "\n".join(tiny_roberta.pretraining_paragraphs()).lower()
     sentences = [
         line.split("\t")[0].strip() for line in (SAMPLES / "glue_data" / "SST-2" / "train.tsv").open()
     ]

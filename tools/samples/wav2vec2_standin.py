@@ -5,7 +5,7 @@ GPU without downloading weights. The numbers such a run gives measure speed and 
 
 Usage::
 
-    python tools/gpu/make_base_standin.py OUT_FOLDER [--layout base|large-lv60]
+    python tools/samples/wav2vec2_standin.py OUT_FOLDER [--layout base|large-lv60]
 """
 
 from __future__ import annotations

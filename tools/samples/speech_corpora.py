@@ -1,174 +1,38 @@
-# synthesize() and english_sentences() (and SPEAKER_VOICES) are also used by tools/make_tiny_wav2vec2.py.
-"""Build the tiny synthetic corpora committed under ``tests/samples/``.
+"""Build the tiny synthetic speech corpora committed under ``tests/samples/``: TED-LIUM 3, SLURP, VoxCeleb1.
 
 Real corpora cannot ship with the repository, so tests and ``--debug`` recipe runs use miniature copies that
 keep the real on-disk layout and file-format quirks, filled with speech synthesised offline by espeak-ng from
-English sentences harvested from Python's own documentation. Everything is seeded: running the same command
-twice gives byte-identical files (for the same Python and espeak-ng versions, which fix the text and audio).
+English sentences harvested from Python's own documentation (``common.py``). Everything is seeded: running the
+same command twice gives byte-identical files (for the same Python and espeak-ng versions, which fix the text
+and audio). Each corpus's README is ``templates/<corpus>_README.txt``, filled in.
 
 Usage::
 
-    python tools/make_samples.py tedlium --out tests/samples/TEDLIUM_release-3
-    python tools/make_samples.py slurp --out tests/samples/SLURP
-    python tools/make_samples.py voxceleb1 --out tests/samples/VoxCeleb1
+    python tools/samples/speech_corpora.py tedlium --out tests/samples/TEDLIUM_release-3
+    python tools/samples/speech_corpora.py slurp --out tests/samples/SLURP
+    python tools/samples/speech_corpora.py voxceleb1 --out tests/samples/VoxCeleb1
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import hashlib
-import importlib
-import inspect
-import io
 import json
 import random
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
 
-ESPEAK = "espeak-ng"
-ESPEAK_RATE = 22050
+from cald_brain.scripts import load_script
 
-# Pure-Python standard-library modules whose docstrings feed the sentence pool (plus pydoc's help topics).
-# Kept fixed and import-safe (no GUI, no side effects) so the pool only depends on the Python version.
-_DOC_MODULES = (
-    "abc argparse ast asyncio base64 bisect calendar cmd codecs collections configparser contextlib copy csv "
-    "dataclasses datetime decimal difflib doctest email enum filecmp fnmatch fractions ftplib functools "
-    "getopt gettext glob graphlib gzip heapq hmac html http imaplib inspect io ipaddress itertools json "
-    "logging mailbox math mimetypes multiprocessing numbers operator optparse os pathlib pdb pickle "
-    "pkgutil poplib pprint queue random re sched secrets selectors shelve shlex shutil smtplib socket "
-    "socketserver statistics string struct subprocess tarfile tempfile textwrap threading timeit "
-    "tokenize traceback typing unittest urllib uuid warnings weakref wave xml zipfile zoneinfo"
-).split()
-_SENTENCE_CHARS = re.compile(r"^[A-Za-z][A-Za-z ,;'\-]*[A-Za-z]$")
-_MIN_WORDS, _MAX_WORDS, _MAX_WORD_LEN = 4, 20, 12
-
-
-@dataclass(frozen=True)
-class Voice:
-    """An espeak-ng voice used as one synthetic speaker."""
-
-    name: str  # speaker first name, used to build talk/speaker ids
-    voice: str  # espeak-ng voice (language + optional "+variant")
-    gender: str  # "male" or "female", as written in STM labels
-    pitch: int = 50  # espeak-ng -p, 0..99
-    speed: int = 150  # espeak-ng -s, words per minute
-
-
-# Distinct speakers. Checked with espeak-ng 1.51: every entry yields different audio. Note that "en-gb+fN"
-# and "en-us-nyc+fN" silently ignore the variant (same audio as "en-gb" / "en-us+fN"), so use "en+fN" instead.
-SPEAKER_VOICES: tuple[Voice, ...] = (
-    Voice("Alice", "en-us+f3", "female", pitch=55, speed=145),
-    Voice("Bruno", "en-us+m3", "male", pitch=45, speed=150),
-    Voice("Chloe", "en+f2", "female", pitch=60, speed=145),
-    Voice("Duncan", "en-gb-scotland", "male", pitch=40, speed=150),
-    Voice("Eilidh", "en-gb-scotland+f1", "female", pitch=55, speed=140),
-    Voice("Felix", "en-gb-x-rp+m1", "male", pitch=50, speed=155),
-    Voice("Grace", "en-gb-x-rp+f4", "female", pitch=65, speed=145),
-    Voice("Hector", "en-029", "male", pitch=45, speed=145),
-    Voice("Iris", "en-029+f5", "female", pitch=60, speed=150),
-    Voice("Jack", "en-gb-x-gbclan+m2", "male", pitch=35, speed=150),
-    Voice("Kate", "en-gb-x-gbcwmd+f3", "female", pitch=55, speed=145),
-    Voice("Liam", "en-us-nyc", "male", pitch=50, speed=155),
-    Voice("Maya", "en-us+f4", "female", pitch=70, speed=150),
-    Voice("Noah", "en+m4", "male", pitch=40, speed=145),
-    Voice("Olga", "en-us+f5", "female", pitch=50, speed=140),
-    Voice("Peter", "en-gb-x-gbcwmd+m6", "male", pitch=45, speed=150),
-)
-
-
-def synthesize(
-    text: str, voice: str, speed: int = 160, pitch: int = 50, sample_rate: int = 16000
-) -> np.ndarray:
-    """Speak ``text`` with espeak-ng and return float32 mono audio at ``sample_rate``.
-
-    The text goes through stdin so that words starting with "-" are never taken for options.
-    """
-    if not text.strip():
-        raise ValueError("synthesize() needs non-empty text")
-    if shutil.which(ESPEAK) is None:
-        raise RuntimeError(f"{ESPEAK} not found on PATH; install it (e.g. `apt-get install espeak-ng`)")
-    cmd = [ESPEAK, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout"]
-    proc = subprocess.run(cmd, input=text.encode(), capture_output=True, check=False)
-    if proc.returncode != 0 or not proc.stdout:
-        raise RuntimeError(f"{' '.join(cmd)} failed (rc={proc.returncode}): {proc.stderr.decode().strip()}")
-    audio, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32")
-    if audio.ndim != 1:
-        audio = audio.mean(axis=1)
-    if rate != sample_rate:
-        audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, sample_rate).numpy()
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def _documentation_texts() -> list[str]:
-    """Docstrings of the fixed module list and their public members, plus pydoc's help topics."""
-    import pydoc_data.topics
-
-    texts = list(pydoc_data.topics.topics.values())
-    for module_name in _DOC_MODULES:
-        module = importlib.import_module(module_name)
-        texts.append(module.__doc__ or "")
-        for _, obj in sorted(vars(module).items()):
-            if getattr(obj, "__module__", None) != module_name:
-                continue
-            texts.append(inspect.getdoc(obj) or "")
-            if inspect.isclass(obj):
-                methods = [m for _, m in sorted(vars(obj).items()) if inspect.isfunction(m)]
-                texts.extend(inspect.getdoc(m) or "" for m in methods)
-    return texts
-
-
-def _clean_sentence(sentence: str) -> str | None:
-    """Lowercase words of a plain-prose sentence, or None when it looks like code or is too short/long."""
-    sentence = sentence.rstrip(".!?")
-    if not _SENTENCE_CHARS.match(sentence):
-        return None
-    words = re.sub(r"[,;\-]", " ", sentence).split()
-    for word in words:
-        # camelCase identifiers and quoted words are code, not prose.
-        if re.search(r"[a-z][A-Z]", word) or word.startswith("'") or word.endswith("'"):
-            return None
-    if not _MIN_WORDS <= len(words) <= _MAX_WORDS or max(map(len, words)) > _MAX_WORD_LEN:
-        return None
-    return " ".join(words).lower()
-
-
-@functools.cache
-def _sentence_pool() -> tuple[str, ...]:
-    """Every usable sentence once, in a fixed pseudo-random order (sorted by SHA-1 of the text)."""
-    pool = set()
-    for text in _documentation_texts():
-        for paragraph in re.split(r"\n\s*\n", text):
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())):
-                cleaned = _clean_sentence(sentence)
-                if cleaned is not None:
-                    pool.add(cleaned)
-    return tuple(sorted(pool, key=lambda s: hashlib.sha1(s.encode()).hexdigest()))
-
-
-def english_sentences(n: int, seed: int, skip: int = 0) -> list[str]:
-    """Return ``n`` English sentences (lowercase letters, apostrophes and spaces; 4-20 words), offline.
-
-    The sentences are positions ``[skip, skip + n)`` of a fixed, deduplicated pool harvested from the Python
-    standard library documentation; ``seed`` only shuffles their order. Hence consumers that take disjoint
-    ``[skip, skip + n)`` ranges never share a sentence, whatever seeds they use.
-    """
-    pool = _sentence_pool()
-    if n < 0 or skip < 0 or skip + n > len(pool):
-        raise ValueError(f"english_sentences: range [{skip}, {skip + n}) is outside the pool of {len(pool)}")
-    sentences = list(pool[skip : skip + n])
-    random.Random(seed).shuffle(sentences)
-    return sentences
-
+common = load_script(Path(__file__).with_name("common.py"), "tools_samples_common")
+SAMPLE_RATE = common.SAMPLE_RATE
+Voice = common.Voice
+SPEAKER_VOICES = common.SPEAKER_VOICES
 
 # Subcommand name -> builder(out_dir); each corpus section below registers its own.
 BUILDERS: dict[str, Callable[[Path], None]] = {}
@@ -178,7 +42,6 @@ BUILDERS: dict[str, Callable[[Path], None]] = {}
 # TED-LIUM release 3
 # ----------------------------------------------------------------------------------------------------------
 
-SAMPLE_RATE = 16000
 FRAME = SAMPLE_RATE // 100  # STM times have two decimals, so every boundary sits on this 10 ms grid
 TEDLIUM_SEED = 51  # openslr id of TED-LIUM 3
 TEDLIUM_SENTENCE_RANGE = (0, 300)  # english_sentences positions reserved for this sample
@@ -270,12 +133,6 @@ def _tedlium_segments(talk_index: int, sentences: list[str], fragment: str) -> l
     return segments
 
 
-def _trim(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
-    """Cut espeak's leading and trailing silence."""
-    loud = np.flatnonzero(np.abs(audio) > threshold * np.abs(audio).max())
-    return audio[loud[0] : loud[-1] + 1]
-
-
 def _render_talk(spec: TalkSpec, segments: list[_Segment], seed: int) -> tuple[np.ndarray, list[str]]:
     """Synthesize a talk and its STM lines. Times are counted in 10 ms frames so the STM is exact."""
     rng = np.random.default_rng(seed)
@@ -305,8 +162,8 @@ def _render_talk(spec: TalkSpec, segments: list[_Segment], seed: int) -> tuple[n
         start = cursor
         if segment.noise_before:
             cursor += add(noise(20, 0.08)) + add(np.zeros(5 * FRAME, np.float32))
-        speech = _trim(
-            synthesize(
+        speech = common.trim(
+            common.synthesize(
                 segment.spoken,
                 spec.voice.voice,
                 segment.speed or spec.voice.speed,
@@ -331,7 +188,7 @@ def _tedlium_sentences() -> list[list[str]]:
     first, stop = TEDLIUM_SENTENCE_RANGE
     pool = [
         s
-        for s in english_sentences(stop - first, seed=TEDLIUM_SEED, skip=first)
+        for s in common.english_sentences(stop - first, seed=TEDLIUM_SEED, skip=first)
         if len(s.split()) <= TEDLIUM_MAX_WORDS
     ]
     pool.sort(key=lambda s: "'" not in s)  # stable: contractions first, otherwise seeded order
@@ -348,29 +205,17 @@ def _tedlium_readme(stats: dict[str, str]) -> str:
         f"  {t.name:22s} voice {t.voice.voice:20s} legacy/{t.legacy:5s} speaker-adaptation/{t.adaptation}"
         for t in TEDLIUM_TALKS
     )
-    first, last = TEDLIUM_SENTENCE_RANGE[0], TEDLIUM_SENTENCE_RANGE[1] - 1
     summary = "\n".join(f"  {key}: {value}" for key, value in stats.items())
-    return f"""{README_MARKER}, generated by tools/make_samples.py (do not edit by hand).
-
-Layout as in the real release (openslr 51): data/{{sph,stm}} holds every talk once;
-legacy/{{train,dev,test}} and speaker-adaptation/{{train,dev,test}} hold the talks of each repartition.
-To keep the repository small, the split folders contain relative symlinks into data/ instead of copies.
-There is no LM/ folder and no pronunciation dictionary.
-
-Audio: espeak-ng speech (one voice per talk = one speaker), NIST SPHERE, 16 kHz, 16-bit PCM, mono.
-Text: the sentences of english_sentences() positions {first}..{last} with at most {TEDLIUM_MAX_WORDS} words
-(from the Python standard library documentation, PSF license).
-STM lines follow the real format `talk 1 speaker start end <o,f0,gender> words`, with the real quirks:
-split contractions ("didn 't"), {{NOISE}} (with a noise burst), word(2) variants, <sil>, <unk> (spoken word
-not transcribed), inter_segment_gap ... ignore_time_segment_in_scoring lines (applause, end noise) and
-segments too short to train on.
-
-Talks:
-{talks}
-
-Sizes (speech segments include the too-short ones that prepare scripts drop):
-{summary}
-"""
+    first, stop = TEDLIUM_SENTENCE_RANGE
+    return common.render(
+        "tedlium_README.txt",
+        marker=README_MARKER,
+        first=first,
+        last=stop - 1,
+        max_words=TEDLIUM_MAX_WORDS,
+        talks=talks,
+        summary=summary,
+    )
 
 
 def _symlink(target: Path, link: Path) -> None:
@@ -502,7 +347,9 @@ def _slurp_command(spec: IntentSpec, rng: random.Random) -> tuple[str, str, list
 
 def _slurp_audio(text: str, voice: Voice, far_field: bool, rng: np.random.Generator) -> np.ndarray:
     """A headset recording (close, quiet floor) or a far-field one (fainter, an echo, more noise)."""
-    speech = _trim(synthesize(text, voice.voice, voice.speed + SLURP_SPEEDUP, voice.pitch, SAMPLE_RATE))
+    speech = common.trim(
+        common.synthesize(text, voice.voice, voice.speed + SLURP_SPEEDUP, voice.pitch, SAMPLE_RATE)
+    )
     speech = speech / np.abs(speech).max()
     pad = np.zeros(SAMPLE_RATE // 10, np.float32)
     if far_field:
@@ -522,81 +369,90 @@ def _slurp_readme(stats: list[str]) -> str:
         for s in SLURP_INTENTS
     )
     summary = "\n".join(f"  {line}" for line in stats)
-    return f"""{SLURP_README_MARKER}, generated by tools/make_samples.py (do not edit by hand).
+    return common.render(
+        "slurp_README.txt", marker=SLURP_README_MARKER, seed=SLURP_SEED, intents=intents, summary=summary
+    )
 
-Layout as users have it: the two audio archives unpacked into slurp_real/ and slurp_synth/, and the SLURP
-repository cloned inside (slurp/dataset/slurp/{{train,train_synthetic,devel,test}}.jsonl). Each jsonl line
-has the real fields (slurp_id, sentence, sentence_annotation, intent, action, tokens, scenario, recordings,
-entities). Real recordings come as audio-<time>-headset.flac (close talk) and audio-<time>.flac (far field:
-fainter, with an echo and more noise); synthetic ones are audio-<time>.flac in slurp_synth/.
 
-Quirks kept from the real corpus: the `intent` field of the iot records is `hue_lightup`, not
-`iot_hue_lightup` (as slurp_id 962); the first training record lists one recording twice.
+@dataclass
+class _SlurpCursor:
+    """What runs on through the whole mini SLURP: the random draws, file time stamps, ids, next speaker."""
 
-Audio: espeak-ng speech (voices of SPEAKER_VOICES as speakers), FLAC, 16 kHz, 16-bit, mono.
-Intents (templated commands; slot values drawn with seed {SLURP_SEED}):
-{intents}
+    rng: random.Random
+    noise_rng: np.random.Generator
+    timestamp: int = SLURP_TIMESTAMP0
+    slurp_id: int = 1000
+    voice_index: int = 0
 
-Sizes:
-{summary}
-"""
+
+def _slurp_recordings(
+    cursor: _SlurpCursor, sentence: str, audio_dir: Path, k: int, count: int, synthetic: bool
+) -> list[dict]:
+    """Write ``count`` recordings of ``sentence`` (record ``k`` of its intent) and return their jsonl entries.
+
+    Two recordings a record: headset then far field; one: alternating by record. Synthetic ones are clean.
+    """
+    recordings = []
+    for r in range(count):
+        cursor.timestamp += 37 + cursor.rng.randrange(500)
+        far_field = synthetic or (r == 1 if count == 2 else k % 2 == 1)
+        name = f"audio-{cursor.timestamp}{'' if far_field else '-headset'}.flac"
+        voice = SPEAKER_VOICES[cursor.voice_index % len(SPEAKER_VOICES)]
+        cursor.voice_index += 1
+        audio = _slurp_audio(sentence, voice, far_field and not synthetic, cursor.noise_rng)
+        sf.write(audio_dir / name, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        wer = 0.0 if r == 0 else round(cursor.rng.uniform(0.0, 0.3), 2)
+        recordings.append({"file": name, "wer": wer, "ent_wer": None, "status": "correct"})
+    return recordings
+
+
+def _slurp_record(
+    cursor: _SlurpCursor, spec: IntentSpec, jsonl: str, k: int, count: int, audio_dir: Path
+) -> dict:
+    """Record ``k`` of intent ``spec`` in split ``jsonl``; its ``count`` recordings go to ``audio_dir``."""
+    sentence, annotated, words, entities = _slurp_command(spec, cursor.rng)
+    cursor.slurp_id += 1 + cursor.rng.randrange(5)
+    slurp_id = cursor.slurp_id
+    if jsonl == "test.jsonl" and spec.scenario == "iot" and k == 0:
+        slurp_id, sentence = 962, "increase the brightness of the lights"
+        annotated, words, entities = sentence, sentence.split(), []
+    synthetic = jsonl == "train_synthetic.jsonl"
+    return {
+        "slurp_id": slurp_id,
+        "sentence": sentence,
+        "sentence_annotation": annotated,
+        "intent": spec.intent_field,
+        "action": spec.action,
+        "tokens": [{"surface": w, "id": i, "lemma": w, "pos": "NN"} for i, w in enumerate(words)],
+        "scenario": spec.scenario,
+        "recordings": _slurp_recordings(cursor, sentence, audio_dir, k, count, synthetic),
+        "entities": entities,
+    }
 
 
 def build_slurp(out: Path) -> None:
     """Write the mini SLURP into ``out`` (typically tests/samples/SLURP)."""
     _prepare_out_dir(out, SLURP_README_MARKER)
-    rng = random.Random(SLURP_SEED)
-    noise_rng = np.random.default_rng(SLURP_SEED)
+    cursor = _SlurpCursor(random.Random(SLURP_SEED), np.random.default_rng(SLURP_SEED))
     meta_dir = out / "slurp" / "dataset" / "slurp"
     meta_dir.mkdir(parents=True)
-    timestamp, slurp_id, voice_index = SLURP_TIMESTAMP0, 1000, 0
     stats = []
-    for jsonl, per_intent, recordings_per_record in SLURP_SPLITS:
-        synthetic = jsonl == "train_synthetic.jsonl"
-        audio_dir = out / ("slurp_synth" if synthetic else "slurp_real")
+    for jsonl, per_intent, count in SLURP_SPLITS:
+        audio_dir = out / ("slurp_synth" if jsonl == "train_synthetic.jsonl" else "slurp_real")
         audio_dir.mkdir(exist_ok=True)
-        lines, n_files, seconds = [], 0, 0.0
-        for k in range(per_intent):
-            for spec in SLURP_INTENTS:
-                sentence, annotated, words, entities = _slurp_command(spec, rng)
-                slurp_id += 1 + rng.randrange(5)
-                if jsonl == "test.jsonl" and spec.scenario == "iot" and k == 0:
-                    slurp_id_field, sentence = 962, "increase the brightness of the lights"
-                    annotated, words, entities = sentence, sentence.split(), []
-                else:
-                    slurp_id_field = slurp_id
-                recordings = []
-                for r in range(recordings_per_record):
-                    timestamp += 37 + rng.randrange(500)
-                    far_field = synthetic or (r == 1 if recordings_per_record == 2 else k % 2 == 1)
-                    name = f"audio-{timestamp}{'' if far_field else '-headset'}.flac"
-                    voice = SPEAKER_VOICES[voice_index % len(SPEAKER_VOICES)]
-                    voice_index += 1
-                    if synthetic:
-                        audio = _slurp_audio(sentence, voice, False, noise_rng)
-                    else:
-                        audio = _slurp_audio(sentence, voice, far_field, noise_rng)
-                    sf.write(audio_dir / name, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-                    n_files += 1
-                    seconds += len(audio) / SAMPLE_RATE
-                    wer = 0.0 if r == 0 else round(rng.uniform(0.0, 0.3), 2)
-                    recordings.append({"file": name, "wer": wer, "ent_wer": None, "status": "correct"})
-                if jsonl == "train.jsonl" and len(lines) == 0:
-                    recordings.append(dict(recordings[0]))  # listed twice, as a few real records do
-                record = {
-                    "slurp_id": slurp_id_field,
-                    "sentence": sentence,
-                    "sentence_annotation": annotated,
-                    "intent": spec.intent_field,
-                    "action": spec.action,
-                    "tokens": [{"surface": w, "id": i, "lemma": w, "pos": "NN"} for i, w in enumerate(words)],
-                    "scenario": spec.scenario,
-                    "recordings": recordings,
-                    "entities": entities,
-                }
-                lines.append(json.dumps(record))
-        (meta_dir / jsonl).write_text("\n".join(lines) + "\n")
-        stats.append(f"{jsonl}: {len(lines)} records, {n_files} recordings, {seconds:.1f} s")
+        records = [
+            _slurp_record(cursor, spec, jsonl, k, count, audio_dir)
+            for k in range(per_intent)
+            for spec in SLURP_INTENTS
+        ]
+        files = [audio_dir / r["file"] for record in records for r in record["recordings"]]
+        seconds = sum(sf.info(f).frames for f in files) / SAMPLE_RATE
+        if jsonl == "train.jsonl":
+            records[0]["recordings"].append(
+                dict(records[0]["recordings"][0])
+            )  # listed twice, as in the corpus
+        (meta_dir / jsonl).write_text("\n".join(json.dumps(record) for record in records) + "\n")
+        stats.append(f"{jsonl}: {len(records)} records, {len(files)} recordings, {seconds:.1f} s")
     (out / "README").write_text(_slurp_readme(stats))
     print((out / "README").read_text())
 
@@ -635,6 +491,28 @@ def _video_id(rng: random.Random) -> str:
             return video
 
 
+def _voxceleb1_readme(split_lines: list[str], seconds: float) -> str:
+    counts = {s: sum(line.startswith(f"{s} ") for line in split_lines) for s in (1, 2, 3)}
+    speakers = "\n".join(
+        f"  {spk}: {v.voice} pitch {v.pitch} speed {v.speed}" for spk, v in VOXCELEB_SPEAKERS
+    )
+    first, stop = VOXCELEB_SENTENCE_RANGE
+    return common.render(
+        "voxceleb1_README.txt",
+        marker=VOXCELEB_README_MARKER,
+        unlisted=VOXCELEB_UNLISTED[0],
+        first=first,
+        last=stop - 1,
+        max_words=VOXCELEB_MAX_WORDS,
+        videos=VOXCELEB_VIDEOS,
+        speakers=speakers,
+        train=counts[1],
+        dev=counts[2],
+        test=counts[3],
+        seconds=seconds,
+    )
+
+
 def build_voxceleb1(out: Path) -> None:
     """Write the mini VoxCeleb1 (wav/ tree of the dev and test archives merged, iden_split.txt) into
     ``out`` (typically tests/samples/VoxCeleb1)."""
@@ -644,7 +522,7 @@ def build_voxceleb1(out: Path) -> None:
     first, stop = VOXCELEB_SENTENCE_RANGE
     pool = [
         s
-        for s in english_sentences(stop - first, seed=VOXCELEB_SEED, skip=first)
+        for s in common.english_sentences(stop - first, seed=VOXCELEB_SEED, skip=first)
         if len(s.split()) <= VOXCELEB_MAX_WORDS
     ]
     split_lines, seconds = [], 0.0
@@ -654,7 +532,9 @@ def build_voxceleb1(out: Path) -> None:
             gain, floor = rng.uniform(0.3, 0.6), rng.uniform(0.002, 0.01)  # one channel per video
             last = VOXCELEB_UTTS_PER_VIDEO + ((spk_id, v) == VOXCELEB_UNLISTED)
             for u in range(1, last + 1):
-                speech = _trim(synthesize(pool.pop(0), voice.voice, voice.speed, voice.pitch, SAMPLE_RATE))
+                speech = common.trim(
+                    common.synthesize(pool.pop(0), voice.voice, voice.speed, voice.pitch, SAMPLE_RATE)
+                )
                 pad = np.zeros(SAMPLE_RATE // 10, np.float32)
                 audio = np.concatenate([pad, gain * speech / np.abs(speech).max(), pad])
                 audio += floor * noise_rng.standard_normal(len(audio)).astype(np.float32)
@@ -666,25 +546,7 @@ def build_voxceleb1(out: Path) -> None:
                 if (v, u) in VOXCELEB_SPLIT:
                     split_lines.append(f"{VOXCELEB_SPLIT[(v, u)]} {relative}")
     (out / "iden_split.txt").write_text("\n".join(sorted(split_lines, key=lambda x: x.split()[1])) + "\n")
-    counts = {s: sum(line.startswith(f"{s} ") for line in split_lines) for s in (1, 2, 3)}
-    speakers = "\n".join(
-        f"  {spk}: {v.voice} pitch {v.pitch} speed {v.speed}" for spk, v in VOXCELEB_SPEAKERS
-    )
-    (out / "README").write_text(
-        f"""{VOXCELEB_README_MARKER}, generated by tools/make_samples.py (do not edit by hand).
-
-Layout as the reference expects it: the dev and test archives unpacked into one wav/ tree,
-wav/idXXXXX/<11-character video id>/<nnnnn>.wav (16 kHz, 16-bit PCM, mono), and iden_split.txt with lines
-`<1|2|3> idXXXXX/<video>/<nnnnn>.wav` (1 train, 2 dev, 3 test). wav/{VOXCELEB_UNLISTED[0]} holds one file
-that iden_split.txt does not list (prepare scripts ignore it).
-
-Speakers (espeak-ng voices; sentences: english_sentences() positions {first}..{stop - 1} with at most
-{VOXCELEB_MAX_WORDS} words), {VOXCELEB_VIDEOS} videos each with their own gain and noise floor:
-{speakers}
-
-Sizes: {counts[1]} train / {counts[2]} dev / {counts[3]} test utterances listed, {seconds:.1f} s of audio.
-"""
-    )
+    (out / "README").write_text(_voxceleb1_readme(split_lines, seconds))
     print((out / "README").read_text())
 
 

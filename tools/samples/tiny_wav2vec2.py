@@ -4,14 +4,15 @@ CALD starts from a pretrained transformer, so the sample runs (tests, README dem
 carry real speech knowledge, yet small enough to fine-tune on two CPU cores in a minute. This tool builds it:
 
 1. a synthetic English corpus (espeak-ng, many voices, speeds and pitches) from sentences of the shared
-   pool in ``tools/make_samples.py``, taken from a range disjoint from the one the committed samples use;
+   pool in ``common.py``, taken from a range disjoint from the one the committed samples use;
    it is synthesised into a cache folder, never committed;
 2. supervised character CTC pretraining of a tiny ``Wav2Vec2ForCTC`` (the real wav2vec2 architecture:
    7-layer conv feature encoder of stride 320, positional conv embedding, pre-LN transformer layers), with
    an auxiliary log-mel regression on the conv features that gets CTC off its all-blank plateau early;
 3. greedy CTC character error rate (CER) on held-out sentences and on the mini TED-LIUM sample;
 4. the ``Wav2Vec2Model`` part is saved (safetensors) with a ``preprocessor_config.json``, the CTC head on
-   its own (``ctc_head.safetensors``, for tests) and a README recording how it was made; the folder is
+   its own (``ctc_head.safetensors``, for tests) and a README recording how it was made
+   (``templates/tiny_wav2vec2_README.md``); the folder is
    checked to load with ``AutoModel`` and with SpeechBrain offline.
 
 The architecture follows ``facebook/wav2vec2-large-lv60`` (the CALD paper's source model):
@@ -21,7 +22,7 @@ scratch. Everything is seeded; training checkpoints into the cache folder and re
 
 Usage::
 
-    python tools/make_tiny_wav2vec2.py --out tests/samples/models/tiny-wav2vec2
+    python tools/samples/tiny_wav2vec2.py --out tests/samples/models/tiny-wav2vec2
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import random
 import shutil
 import sys
 import tempfile
-import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,10 +55,12 @@ from cald_brain.mixers.masking import lengths_to_mask
 from cald_brain.models.speech import conv_output_lengths
 from cald_brain.scripts import load_recipe_module, load_script
 
-REPO = Path(__file__).resolve().parents[1]
-TEDLIUM_SAMPLE = REPO / "tests" / "samples" / "TEDLIUM_release-3"
+# Speech synthesis and the sentence pool are shared with the sample corpora; STM parsing with the recipe.
+common = load_script(Path(__file__).with_name("common.py"), "tools_samples_common")
+tedlium_prepare = load_recipe_module(common.REPO / "recipes" / "TEDLIUM", "prepare")
+TEDLIUM_SAMPLE = common.SAMPLES / "TEDLIUM_release-3"
 CTC_HEAD = "ctc_head.safetensors"
-SAMPLE_RATE = 16000
+SAMPLE_RATE = common.SAMPLE_RATE
 # CTC vocabulary: index 0 is the blank (also the pad token), then the characters of english_sentences().
 CHARS = " '" + "abcdefghijklmnopqrstuvwxyz"
 BLANK = 0
@@ -91,11 +93,6 @@ _VARIANTS = (
     "+belinda",
     "+max",
 )
-
-
-# Speech synthesis and the sentence pool are shared with the sample corpora; STM parsing with the recipe.
-make_samples = load_script(REPO / "tools" / "make_samples.py", "make_samples")
-tedlium_prepare = load_recipe_module(REPO / "recipes" / "TEDLIUM", "prepare")
 
 
 def tiny_config() -> Wav2Vec2Config:
@@ -141,7 +138,7 @@ class Utterance:
 
 def voice_pool() -> list[str]:
     """espeak-ng voices of the corpus: the samples' speakers plus every language x variant pair."""
-    voices = {v.voice for v in make_samples.SPEAKER_VOICES}
+    voices = {v.voice for v in common.SPEAKER_VOICES}
     voices.update(lang + variant for lang in _LANGUAGES for variant in _VARIANTS)
     return sorted(voices)
 
@@ -161,9 +158,7 @@ def corpus_plan(
     num_train: int, num_heldout: int, voices_per_sentence: int, seed: int
 ) -> tuple[list[Utterance], list[Utterance]]:
     """Training and held-out utterances on disjoint sentences, none of which a committed sample speaks."""
-    sentences = make_samples.english_sentences(
-        num_train + num_heldout, seed=seed, skip=FIRST_PRETRAIN_SENTENCE
-    )
+    sentences = common.english_sentences(num_train + num_heldout, seed=seed, skip=FIRST_PRETRAIN_SENTENCE)
     heldout_text, train_text = sentences[:num_heldout], sentences[num_heldout:]
     padded = [f" {s} " for s in sentences]
     for *_, text in tedlium_sample_segments():  # transcripts may miss <unk> words: look for sub-sentences
@@ -207,7 +202,7 @@ class Corpus:
     @staticmethod
     def _synthesize(utterances: list[Utterance], desc: str) -> tuple[np.ndarray, np.ndarray]:
         def speak(u: Utterance) -> np.ndarray:
-            wav = make_samples.synthesize(u.text, u.voice, u.speed, u.pitch, sample_rate=SAMPLE_RATE)
+            wav = common.synthesize(u.text, u.voice, u.speed, u.pitch, sample_rate=SAMPLE_RATE)
             return (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
 
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -397,6 +392,33 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def step_schedule(lengths: np.ndarray, steps: int, max_batch_samples: int, seed: int) -> list[tuple]:
+    """(epoch, batch indices) of every training step, deterministic: whole epochs of `epoch_batches`."""
+    schedule: list[tuple[int, list[int]]] = []
+    while len(schedule) < steps:
+        epoch = schedule[-1][0] + 1 if schedule else 0
+        schedule += [(epoch, batch) for batch in epoch_batches(lengths, max_batch_samples, seed, epoch)]
+    return schedule
+
+
+def save_checkpoint(path: Path, parts: dict[str, object], step: int, log: list[dict]) -> None:
+    """The state dicts of ``parts`` (model, optimizer, scheduler), the step and the log; atomic write."""
+    state = {name: part.state_dict() for name, part in parts.items()} | {"step": step, "log": log}
+    torch.save(state, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def resume(path: Path, parts: dict[str, object]) -> tuple[int, list[dict]]:
+    """Load ``parts`` from the checkpoint at ``path`` if there is one; returns its step and log."""
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, weights_only=False)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    print(f"resuming from {path} at step {state['step']}")
+    return state["step"], state["log"]
+
+
 def train(args: argparse.Namespace, train_set: Corpus, heldout: Corpus) -> tuple[Wav2Vec2ForCTC, list[dict]]:
     """CTC (+ log-mel) pretraining with checkpoint/resume in the cache folder; returns the model and log."""
     torch.manual_seed(args.seed)
@@ -404,21 +426,11 @@ def train(args: argparse.Namespace, train_set: Corpus, heldout: Corpus) -> tuple
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args.steps, args.warmup))
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     checkpoint = args.cache / f"checkpoint-seed{args.seed}-steps{args.steps}.pt"
-    step, log = 0, []
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, log = state["step"], state["log"]
-        print(f"resuming from {checkpoint} at step {step}")
+    step, log = resume(checkpoint, parts)
     label_lists = [encode_text(u.text) for u in train_set.utterances]
-    schedule: list[tuple[int, list[int]]] = []  # (epoch, batch) of every step, deterministic
-    while len(schedule) < args.steps:
-        epoch = schedule[-1][0] + 1 if schedule else 0
-        batches = epoch_batches(train_set.lengths, args.batch_samples, args.seed, epoch)
-        schedule += [(epoch, batch) for batch in batches]
+    schedule = step_schedule(train_set.lengths, args.steps, args.batch_samples, args.seed)
     running: dict[str, float] = {}
     started = time.time() - 60 * (log[-1]["minutes"] if log else 0.0)  # minutes count across resumes
     progress = tqdm(total=args.steps, initial=step, desc="pretraining")
@@ -451,15 +463,7 @@ def train(args: argparse.Namespace, train_set: Corpus, heldout: Corpus) -> tuple
                 }
             )
             progress.write(json.dumps(log[-1]))
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "log": log,
-            }
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+            save_checkpoint(checkpoint, parts, step, log)
     progress.close()
     return model.ctc, log
 
@@ -507,140 +511,32 @@ def verify(out: Path) -> None:
         raise RuntimeError(f"SpeechBrain Wav2Vec2 on {out}: hidden states {tuple(hidden.shape)}, {expected=}")
 
 
-def _paragraph(text: str, bullet: bool = False) -> str:
-    """One markdown paragraph (or bullet) wrapped at 108 columns."""
-    return textwrap.fill(
-        " ".join(text.split()),
-        width=108,
-        initial_indent="- " if bullet else "",
-        subsequent_indent="  " if bullet else "",
-    )
-
-
 def write_readme(out: Path, f: dict) -> None:
-    """Model card recording exactly how the weights were made."""
-    cfg, last = f["config"], f["log"][-1]
-    architecture = [
-        (
-            "conv feature encoder",
-            f"7 layers, {cfg['conv_dim'][0]} channels, kernels {cfg['conv_kernel']}, "
-            f"strides {cfg['conv_stride']}: 320 samples (20 ms) a frame",
-        ),
-        (
-            "positional conv embedding",
-            f"kernel {cfg['num_conv_pos_embeddings']}, {cfg['num_conv_pos_embedding_groups']} groups",
-        ),
-        (
-            "transformer",
-            f"{cfg['num_hidden_layers']} pre-LN layers, hidden {cfg['hidden_size']}, "
-            f"{cfg['num_attention_heads']} heads, FFN {cfg['intermediate_size']}",
-        ),
-        (
-            "dropout",
-            f"hidden {cfg['hidden_dropout']}, attention {cfg['attention_dropout']}, "
-            f"feat_proj {cfg['feat_proj_dropout']}, layerdrop {cfg['layerdrop']}",
-        ),
-        ("SpecAugment", f"mask_time_prob {cfg['mask_time_prob']}, length {cfg['mask_time_length']} frames"),
-        ("parameters", f"{f['params']:,} (`model.safetensors` {f['disk_bytes'] / 1e6:.2f} MB)"),
-        ("CPU forward, 10 s of audio", f"{1000 * f['forward_10s']:.0f} ms (1 thread, best of 5)"),
-    ]
+    """Model card recording exactly how the weights were made (``templates/tiny_wav2vec2_README.md``)."""
+    last = f["log"][-1]
     rows = [
         f"| {r['step']} | {r['epoch']} | {r['ctc_loss']:.3f} | {r['mel_loss']:.3f} | "
         f"{100 * r['heldout_cer']:.1f} % | {r['minutes']:.1f} |"
         for r in f["log"]
     ]
-    blocks = [
-        "# tiny-wav2vec2: a tiny pretrained Wav2Vec2 for tests and the README demo",
-        _paragraph(f"""A {f["params"] / 1e6:.2f} M-parameter `Wav2Vec2Model` with the real wav2vec2
-            architecture, pretrained by supervised character CTC on synthetic English speech, so that sample
-            runs start from pretrained weights (as CALD assumes) yet fine-tune in about a minute on two CPU
-            cores. It knows espeak-ng speech only. Made, deterministically, by the command below; the
-            synthetic corpus is generated in the cache folder (`--cache`) and not committed."""),
-        f"    {f['command']}",
-        "## Files",
-        "\n".join(
-            [
-                _paragraph(
-                    "`config.json`, `model.safetensors`: the `Wav2Vec2Model` (load with `AutoModel`).",
-                    bullet=True,
-                ),
-                _paragraph(
-                    """`preprocessor_config.json`: `Wav2Vec2FeatureExtractor`, 16 kHz,
-                `do_normalize: true`, `return_attention_mask: true`.""",
-                    bullet=True,
-                ),
-                _paragraph(
-                    """`ctc_head.safetensors`: the pretraining CTC head (`weight`, `bias`; vocabulary in
-                the file metadata, index 0 = blank), kept for tests that check that the weights are pretrained
-                (`tools/make_tiny_wav2vec2.py: load_ctc_head`, `transcribe`).""",
-                    bullet=True,
-                ),
-            ]
-        ),
-        "## Architecture",
-        _paragraph("""`facebook/wav2vec2-large-lv60` style (the CALD paper's source model), shrunk:
-            `feat_extract_norm="layer"` and `do_stable_layer_norm=True`. This variant uses the attention mask
-            (padded frames do not change the real frames' outputs) and its pre-LN layers train stably from
-            scratch."""),
-        "\n".join(["| part | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in architecture]]),
-        "## Pretraining",
-        "\n".join(
-            [
-                _paragraph(
-                    f"""Data: `english_sentences()` of `tools/make_samples.py` (sentences of the Python
-                documentation), pool positions [{f["skip"]}, {f["skip"] + f["num_sentences"]}): disjoint from
-                positions [0, {f["skip"]}), reserved for the committed sample corpora, and checked against the
-                transcripts of `tests/samples/TEDLIUM_release-3`. {f["num_heldout"]} sentences are held out.
-                Each of the other {f["num_train_sentences"]} is spoken {f["voices_per_sentence"]} times, each
-                time by a random one of {f["num_voices"]} espeak-ng voices (languages en, en-us, en-gb-*,
-                en-029 x variants) at a random speed (120-200 wpm) and pitch (20-80):
-                {f["train_utterances"]} utterances, {f["train_hours"]:.2f} h at 16 kHz. Half of the training
-                utterances get white noise at 10-40 dB SNR.""",
-                    bullet=True,
-                ),
-                _paragraph(
-                    """Inputs: per-utterance zero-mean / unit-variance waveforms (as `do_normalize`),
-                right-padded, with the attention mask.""",
-                    bullet=True,
-                ),
-                _paragraph(
-                    f"""Objective: CTC over 28 characters (a-z, apostrophe, space) + blank through a linear
-                head on the last hidden state, plus {f["mel_weight"]} x the MSE of a linear regression of
-                standardised 40-band log-mel frames (25 ms windows, 20 ms hop: the conv encoder's receptive
-                field and stride) from the conv features. Without that auxiliary target the randomly
-                initialised conv encoder kept CTC on its all-blank plateau (loss 2.9, CER 100 % after 500
-                steps); with it CTC leaves the plateau after about 250 steps. Neither head is part of the
-                `Wav2Vec2Model`.""",
-                    bullet=True,
-                ),
-                _paragraph(
-                    f"""Optimiser: AdamW (betas 0.9/0.98, weight decay 0.01), peak LR {f["lr"]},
-                {f["warmup"]} warm-up steps, cosine decay to 5% of the peak, gradient clipping at 5;
-                {f["steps"]} steps of at most {f["batch_samples"] / SAMPLE_RATE:.0f} s of padded audio;
-                the first epoch goes from the shortest utterances to the longest, later ones are shuffled;
-                seed {f["seed"]}. Wall time {last["minutes"]:.1f} min on 1 CPU thread (2 cores shared
-                with other jobs; with 2 threads on the loaded machine, steps were several times slower).""",
-                    bullet=True,
-                ),
-            ]
-        ),
-        "\n".join(
-            [
-                "| step | epoch | CTC loss (EMA) | log-mel MSE (EMA) | held-out CER (greedy) | minutes |",
-                "|---|---|---|---|---|---|",
-                *rows,
-            ]
-        ),
-        _paragraph(f"""Final: training CTC loss {last["ctc_loss"]:.3f}; greedy CER
-            {100 * last["heldout_cer"]:.1f} % on the {f["num_heldout"]} held-out synthetic utterances (unseen
-            sentences, voices drawn like training), and {100 * f["tedlium_sample_cer"]:.1f} % on the
-            {f["tedlium_segments"]} speech segments of the mini TED-LIUM sample (unseen sentences, its own
-            markup and noise bursts, never trained on)."""),
-    ]
-    (out / "README.md").write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    text = common.render(
+        "tiny_wav2vec2_README.md",
+        **{k: v for k, v in f.items() if k != "log"},
+        params_m=f["params"] / 1e6,
+        disk_mb=f["disk_bytes"] / 1e6,
+        forward_ms=1000 * f["forward_10s"],
+        skip_end=f["skip"] + f["num_sentences"],
+        batch_seconds=f["batch_samples"] / SAMPLE_RATE,
+        minutes=last["minutes"],
+        log_rows="\n".join(rows),
+        ctc_loss=last["ctc_loss"],
+        heldout_cer=100 * last["heldout_cer"],
+        tedlium_cer=100 * f["tedlium_sample_cer"],
+    )
+    (out / "README.md").write_text(common.rewrap_markdown(text), encoding="utf-8")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -664,28 +560,28 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser.parse_args()
 
-    train_plan, heldout_plan = corpus_plan(
-        args.num_train_sentences, args.num_heldout, args.voices_per_sentence, args.seed
-    )
-    train_set = Corpus(train_plan, args.cache, "train")
-    heldout = Corpus(heldout_plan, args.cache, "heldout")
-    print(f"corpus: {len(train_set)} training utterances, {train_set.hours():.2f} h; {len(heldout)} held out")
 
-    model, log = train(args, train_set, heldout)
-
-    if args.out.exists():
-        shutil.rmtree(args.out)
+def save_model(model: Wav2Vec2ForCTC, out: Path) -> torch.nn.Module:
+    """Save the encoder, its preprocessor and the CTC head into a fresh ``out``, checked to load."""
+    if out.exists():
+        shutil.rmtree(out)
     encoder = model.wav2vec2
     encoder.config.architectures = ["Wav2Vec2Model"]
-    encoder.save_pretrained(args.out)
-    feature_extractor().save_pretrained(args.out)
-    save_ctc_head(model, args.out)
-    verify(args.out)
-    facts = {
-        "command": "python tools/make_tiny_wav2vec2.py " + " ".join(sys.argv[1:]),
+    encoder.save_pretrained(out)
+    feature_extractor().save_pretrained(out)
+    save_ctc_head(model, out)
+    verify(out)
+    return encoder
+
+
+def model_facts(
+    args: argparse.Namespace, encoder: torch.nn.Module, train_set: Corpus, log: list[dict]
+) -> dict:
+    """What the model card reports: the command, the architecture, the corpus, the run and its scores."""
+    return {
+        "command": "python tools/samples/tiny_wav2vec2.py " + " ".join(sys.argv[1:]),
         "config": encoder.config.to_dict(),
         "params": sum(p.numel() for p in encoder.parameters()),
         "disk_bytes": (args.out / "model.safetensors").stat().st_size,
@@ -704,10 +600,24 @@ def main() -> None:
         "batch_samples": args.batch_samples,
         "mel_weight": args.mel_weight,
         "seed": args.seed,
+        "threads": args.threads,
         "log": log,
         "tedlium_sample_cer": tedlium_sample_cer(encoder, load_ctc_head(args.out)[0]),
         "tedlium_segments": len(tedlium_sample_segments()),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    train_plan, heldout_plan = corpus_plan(
+        args.num_train_sentences, args.num_heldout, args.voices_per_sentence, args.seed
+    )
+    train_set = Corpus(train_plan, args.cache, "train")
+    heldout = Corpus(heldout_plan, args.cache, "heldout")
+    print(f"corpus: {len(train_set)} training utterances, {train_set.hours():.2f} h; {len(heldout)} held out")
+    model, log = train(args, train_set, heldout)
+    facts = model_facts(args, save_model(model, args.out), train_set, log)
     write_readme(args.out, facts)
     print(json.dumps({k: v for k, v in facts.items() if k not in ("config", "log")}, indent=1))
     print(f"final held-out CER {100 * log[-1]['heldout_cer']:.1f} %, written to {args.out}")

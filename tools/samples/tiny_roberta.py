@@ -4,19 +4,19 @@ CALD starts from a pretrained transformer, so the text recipes' sample runs (tes
 whose weights carry real language knowledge yet that fine-tunes on two CPU cores in a minute. This tool:
 
 1. takes English text available offline: the docstrings of a fixed list of Python standard-library modules
-   and pydoc's help topics (``tools/make_samples.py``'s documentation harvest) — nothing of the GLUE/IMDB
-   sample templates of ``tools/make_text_samples.py``, so pretraining and sample task data are disjoint;
+   and pydoc's help topics (the documentation harvest of ``common.py``) — nothing of the GLUE/IMDB
+   sample templates of ``text_corpora.py``, so pretraining and sample task data are disjoint;
 2. trains a byte-level BPE tokenizer on it with the ``tokenizers`` package (RoBERTa's special tokens
    ``<s> <pad> </s> <unk> <mask>``), saved as a ``RobertaTokenizerFast``;
 3. pretrains a tiny ``RobertaForMaskedLM`` (2 layers, width 64, 514 positions like roberta-base) with
    RoBERTa's masked-language-model objective (15 % of tokens; 80 % ``<mask>``, 10 % random, 10 % kept) on
    128-token blocks of that text, for a fixed number of seeded steps (a few CPU minutes);
 4. reports masked-token accuracy on held-out blocks before and after pretraining, and saves the model
-   (safetensors), the tokenizer and a README recording all of this.
+   (safetensors), the tokenizer and a README (``templates/tiny_roberta_README.md``) recording all of this.
 
 Usage::
 
-    python tools/make_tiny_roberta.py --out tests/samples/models/tiny-roberta
+    python tools/samples/tiny_roberta.py --out tests/samples/models/tiny-roberta
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
 
 from cald_brain.scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
+common = load_script(Path(__file__).with_name("common.py"), "tools_samples_common")
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
 MAX_POSITIONS = 514  # as roberta-base: 512 tokens + the padding offset
@@ -46,9 +46,8 @@ BLOCK = 128
 
 def pretraining_paragraphs() -> list[str]:
     """Paragraphs (whitespace-normalised, at least 6 words) of the standard-library documentation."""
-    make_samples = load_script(REPO / "tools" / "make_samples.py", "make_samples_for_roberta")
     paragraphs = []
-    for text in make_samples._documentation_texts():
+    for text in common.documentation_texts():
         for paragraph in re.split(r"\n\s*\n", text):
             paragraph = " ".join(paragraph.split())
             if len(paragraph.split()) >= 6:
@@ -124,45 +123,8 @@ def masked_accuracy(
     return correct / total
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, default=REPO / "tests" / "samples" / "models" / "tiny-roberta")
-    parser.add_argument("--vocab_size", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU may be shared)")
-    args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
-
-    paragraphs = pretraining_paragraphs()
-    random.Random(args.seed).shuffle(paragraphs)
-    tokenizer = train_tokenizer(paragraphs, args.vocab_size, args.out)
-    data = blocks(tokenizer, paragraphs)
-    held_out, train = data[:256], data[256:]
-    print(
-        f"{len(paragraphs)} paragraphs -> {len(train)} training blocks of {BLOCK} tokens, "
-        f"{len(held_out)} held out"
-    )
-
-    config = RobertaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=MAX_POSITIONS,
-        type_vocab_size=1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        **MODEL,
-    )
-    model = RobertaForMaskedLM(config)
-    before = masked_accuracy(model, held_out, tokenizer)
+def pretrain(model: RobertaForMaskedLM, train: torch.Tensor, tokenizer: RobertaTokenizerFast, args) -> None:
+    """Seeded MLM steps on random training blocks: AdamW, linear warm-up then cosine decay, clipping at 1."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -181,6 +143,80 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step}: MLM loss {loss.item():.3f} ({time.time() - started:.0f} s)", flush=True)
+
+
+def write_card(out: Path, stats: dict, accuracy: tuple[float, float, float], vocabulary: int, args) -> None:
+    """``pretraining.json`` (``stats``) and the README (``templates/tiny_roberta_README.md``); ``accuracy``:
+    held-out masked-token accuracy before and after pretraining, and of the most frequent token."""
+    (out / "pretraining.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    readme = common.render(
+        "tiny_roberta_README.md",
+        layers=MODEL["num_hidden_layers"],
+        width=MODEL["hidden_size"],
+        heads=MODEL["num_attention_heads"],
+        positions=MAX_POSITIONS,
+        vocabulary=vocabulary,
+        paragraphs=stats["paragraphs"],
+        steps=args.steps,
+        batch_size=args.batch_size,
+        block=BLOCK,
+        lr=args.lr,
+        seed=args.seed,
+        before=accuracy[0],
+        after=accuracy[1],
+        unigram=accuracy[2],
+    )
+    (out / "README.md").write_text(readme, encoding="utf-8")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=common.SAMPLES / "models" / "tiny-roberta")
+    parser.add_argument("--vocab_size", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU may be shared)")
+    return parser.parse_args(argv)
+
+
+def tiny_config(tokenizer: RobertaTokenizerFast) -> RobertaConfig:
+    """RoBERTa's architecture at the size of MODEL, with roberta-base's positions and the tokenizer's ids."""
+    return RobertaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=MAX_POSITIONS,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        **MODEL,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+
+    paragraphs = pretraining_paragraphs()
+    random.Random(args.seed).shuffle(paragraphs)
+    tokenizer = train_tokenizer(paragraphs, args.vocab_size, args.out)
+    data = blocks(tokenizer, paragraphs)
+    held_out, train = data[:256], data[256:]
+    print(
+        f"{len(paragraphs)} paragraphs -> {len(train)} training blocks of {BLOCK} tokens, "
+        f"{len(held_out)} held out"
+    )
+
+    model = RobertaForMaskedLM(tiny_config(tokenizer))
+    before = masked_accuracy(model, held_out, tokenizer)
+    pretrain(model, train, tokenizer, args)
     after = masked_accuracy(model, held_out, tokenizer)
     special = torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id])
     counts = torch.bincount(train[~torch.isin(train, special)], minlength=len(tokenizer))
@@ -200,24 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         "masked_accuracy_after": round(after, 4),
         "masked_accuracy_most_frequent_token": round(unigram, 4),
     }
-    (args.out / "pretraining.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    (args.out / "README.md").write_text(
-        f"""# tiny-roberta
-
-A tiny RoBERTa (`RobertaForMaskedLM`: {MODEL["num_hidden_layers"]} layers, width
-{MODEL["hidden_size"]}, {MODEL["num_attention_heads"]} heads, {MAX_POSITIONS} positions, byte-level BPE
-vocabulary of {len(tokenizer)}) made by `python tools/make_tiny_roberta.py` for the text recipes' tests
-and sample runs.
-
-Pretraining text: docstrings of Python standard-library modules and pydoc's help topics ({len(paragraphs)}
-paragraphs), disjoint from the template text of the GLUE / IMDB samples. Tokenizer: byte-level BPE trained on
-that text with the `tokenizers` package. Objective: RoBERTa's masked language modelling (15 % of tokens),
-{args.steps} steps of {args.batch_size} blocks of {BLOCK} tokens, AdamW lr {args.lr}, seed {args.seed}.
-Held-out masked-token accuracy: {before:.3f} before, {after:.3f} after pretraining; always predicting the
-most frequent token scores {unigram:.3f} (`pretraining.json`).
-""",
-        encoding="utf-8",
-    )
+    write_card(args.out, stats, (before, after, unigram), len(tokenizer), args)
     print(f"wrote {args.out}")
 
 
