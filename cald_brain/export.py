@@ -137,7 +137,7 @@ def make_config(
     class_name, autos = TASKS[task]
     return CaldConfig(
         cald_task=task,
-        cald_backbone=backbone.to_dict(),
+        cald_backbone={k: v for k, v in backbone.to_dict().items() if k != "_name_or_path"},
         architectures=[class_name],
         auto_map={
             "AutoConfig": "configuration_cald.CaldConfig",
@@ -152,10 +152,10 @@ def _remote_code(folder: Path, class_name: str) -> None:
     """The two files `auto_map` points at: thin imports of cald_brain's classes."""
     note = "# Remote code of an exported CALD student: the classes live in cald_brain (pip install it).\n"
     (folder / "configuration_cald.py").write_text(
-        f"{note}from cald_brain.models.hub import CaldConfig\n\n__all__ = [\"CaldConfig\"]\n"
+        f'{note}from cald_brain.models.hub import CaldConfig\n\n__all__ = ["CaldConfig"]\n'
     )
     (folder / "modeling_cald.py").write_text(
-        f"{note}from cald_brain.models.hub import {class_name}\n\n__all__ = [\"{class_name}\"]\n"
+        f'{note}from cald_brain.models.hub import {class_name}\n\n__all__ = ["{class_name}"]\n'
     )
 
 
@@ -192,7 +192,9 @@ def model_card(config: CaldConfig, card: ModelCard) -> str:
         "---",
         "library_name: transformers",
         f"pipeline_tag: {PIPELINE_TAGS[config.cald_task]}",
-        "tags: [cald, linear-time, distillation, " + ", ".join(filter(None, [conversion.get("mixer"), family])) + "]",
+        "tags: [cald, linear-time, distillation, "
+        + ", ".join(filter(None, [conversion.get("mixer"), family]))
+        + "]",
     ]
     if card.base_model:
         front.append(f"base_model: {card.base_model}")
@@ -228,7 +230,7 @@ def model_card(config: CaldConfig, card: ModelCard) -> str:
         'model = load("path/to/this/folder")  # or python -m cald_brain.inference FOLDER INPUT...',
         "```",
         "",
-        f"Hugging Face (needs `pip install cald_brain`): `pipeline(\"{PIPELINE_TAGS[config.cald_task]}\", "
+        f'Hugging Face (needs `pip install cald_brain`): `pipeline("{PIPELINE_TAGS[config.cald_task]}", '
         "model=FOLDER, trust_remote_code=True)` or the Auto classes in config.json's auto_map, with "
         "`trust_remote_code=True` (without it transformers refuses to load the model).",
         "",

@@ -142,7 +142,9 @@ def _aliases(model: PreTrainedModel, name: str) -> set[str]:
     return {n for n, p in model.named_parameters(remove_duplicate=False) if p is parameter}
 
 
-def build_student(config: PretrainedConfig, model_class: type[PreTrainedModel] | Any = None) -> PreTrainedModel:
+def build_student(
+    config: PretrainedConfig, model_class: type[PreTrainedModel] | Any = None
+) -> PreTrainedModel:
     """A student with fresh weights from a config recording its conversion (`config.cald_conversion`): the
     model built from the config, then converted as recorded. `config` is not modified.
 

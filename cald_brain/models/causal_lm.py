@@ -46,7 +46,9 @@ class CausalLM(nn.Module):
         config_overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.model = given_or_loaded(source, AutoModelForCausalLM, mixer, mixer_kwargs, init, config_overrides)
+        self.model = given_or_loaded(
+            source, AutoModelForCausalLM, mixer, mixer_kwargs, init, config_overrides
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutputs:
         """(B, T, V) next-token logits, every hidden state (embeddings first) and the token mask."""

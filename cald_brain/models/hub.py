@@ -100,7 +100,9 @@ def build_net(config: CaldConfig) -> nn.Module:
         )
         return SpeechModel(encoder, config.num_outputs, config.pooling, config.attention_channels)
     if config.cald_task == "text-classification":
-        return TextClassifier(build_student(backbone, AutoModelForSequenceClassification), backbone.num_labels)
+        return TextClassifier(
+            build_student(backbone, AutoModelForSequenceClassification), backbone.num_labels
+        )
     return CausalLM(build_student(backbone, AutoModelForCausalLM))
 
 
@@ -151,7 +153,9 @@ class CaldPreTrainedModel(PreTrainedModel):
         return model
 
 
-def relative_lengths(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+def relative_lengths(
+    mask: torch.Tensor | None, batch: int, length: int, device: torch.device
+) -> torch.Tensor:
     """SpeechBrain relative lengths (batch,) from a (batch, samples) padding mask (None: all full)."""
     if mask is None:
         return torch.ones(batch, device=device)
@@ -235,8 +239,10 @@ class CaldForCausalLM(CaldPreTrainedModel, GenerationMixin):
         and keyword arguments; beam search and other strategies raise."""
         config = generation_config or self.generation_config
         settings = {**config.to_dict(), **{k: v for k, v in kwargs.items() if hasattr(config, k)}}
-        if settings.get("num_beams", 1) != 1 or settings.get("num_return_sequences", 1) != 1:
-            raise ValueError("a CALD student generates greedily or by sampling only (num_beams=1, one sequence)")
+        if (settings.get("num_beams") or 1) != 1 or (settings.get("num_return_sequences") or 1) != 1:
+            raise ValueError(
+                "a CALD student generates greedily or by sampling only (num_beams=1, one sequence)"
+            )
         max_new = settings.get("max_new_tokens")
         if max_new is None:
             max_new = settings.get("max_length", 20) - input_ids.shape[1]
@@ -264,6 +270,8 @@ TASK_CLASSES: dict[str, type[CaldPreTrainedModel]] = {
 def load_exported(folder: str | os.PathLike, device: str | torch.device = "cpu") -> CaldPreTrainedModel:
     """The exported student in `folder` as its task class, in eval mode on `device`; errors name the folder."""
     folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"model folder {folder} does not exist")
     config_file = os.path.join(folder, "config.json")
     if not os.path.isfile(config_file):
         raise FileNotFoundError(

@@ -44,5 +44,7 @@ def given_or_loaded(
     if not isinstance(source, PreTrainedModel):
         return load_model(source, model_class, mixer, mixer_kwargs, init, config_overrides)
     if mixer is not None or mixer_kwargs or config_overrides:
-        raise ValueError("mixer, mixer_kwargs and config_overrides apply to a source to load, not a built model")
+        raise ValueError(
+            "mixer, mixer_kwargs and config_overrides apply to a source to load, not a built model"
+        )
     return source
