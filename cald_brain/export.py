@@ -212,8 +212,8 @@ def model_card(config: CaldConfig, card: ModelCard) -> str:
         "",
         f"# CALD student ({config.cald_task}, {family} with {conversion.get('mixer', '?')} mixers)",
         "",
-        "A linear-time student trained with cald_brain (CALD layerwise distillation): every self-attention of "
-        f"the {family} model is replaced by a {conversion.get('mixer', '?')} mixer.",
+        "A linear-time student trained with cald_brain (CALD layerwise distillation): every self-attention "
+        f"of the {family} model is replaced by a {conversion.get('mixer', '?')} mixer.",
         "",
         "## Training",
         "",

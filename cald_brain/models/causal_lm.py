@@ -32,7 +32,7 @@ class CausalLM(nn.Module):
 
     Arguments
     ---------
-    source: hub name or local folder of the pretrained decoder, or a built model (with its head) used as it is.
+    source: hub name or local folder of the pretrained decoder, or a built model (head included) used as is.
     mixer, mixer_kwargs, init: the conversion (None: the transformer itself); see cald_brain.convert.
     config_overrides: config attributes set before loading (e.g. hidden_dropout).
     """

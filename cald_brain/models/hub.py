@@ -268,7 +268,7 @@ TASK_CLASSES: dict[str, type[CaldPreTrainedModel]] = {
 
 
 def load_exported(folder: str | os.PathLike, device: str | torch.device = "cpu") -> CaldPreTrainedModel:
-    """The exported student in `folder` as its task class, in eval mode on `device`; errors name the folder."""
+    """The exported student in `folder` as its task class, in eval mode on `device`."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder {folder} does not exist")

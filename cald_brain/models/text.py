@@ -59,7 +59,7 @@ class TextClassifier(nn.Module):
 
     Arguments
     ---------
-    source: hub name or local folder of the pretrained encoder, or a built model (with its head) used as it is.
+    source: hub name or local folder of the pretrained encoder, or a built model (head included) used as is.
     num_labels: classes (1 for regression, e.g. STS-B).
     mixer, mixer_kwargs, init: the conversion (None: the transformer itself); see cald_brain.convert.
     config_overrides: config attributes set before loading (e.g. hidden_dropout_prob).
