@@ -103,11 +103,6 @@ def make_config(
     """The CaldConfig describing `module` (checked against the units / labels given)."""
     task = task_of(module)
     backbone = backbone_of(module).config
-    if not getattr(backbone, CONVERSION_KEY, None):
-        raise ValueError(
-            "only converted students are exported (the backbone's config has no "
-            f"{CONVERSION_KEY!r}); a transformer checkpoint is already a Hugging Face model"
-        )
     settings: dict[str, Any] = {}
     if isinstance(module, SpeechModel):
         num_outputs = module.head.out_features
@@ -205,15 +200,24 @@ def model_card(config: CaldConfig, card: ModelCard) -> str:
         ("guidance mode", card.guidance_mode),
         ("optimizer steps", "" if card.training_steps is None else str(card.training_steps)),
         ("converted from", card.base_model),
-        ("conversion", json.dumps(conversion)),
+        ("conversion", json.dumps(conversion) if conversion else ""),
     ]
+    mixer = conversion.get("mixer")
+    if mixer:
+        title = f"# CALD student ({config.cald_task}: {family} with {mixer} mixers)"
+        about = (
+            "A linear-time student trained with cald_brain (CALD layerwise distillation): every "
+            f"self-attention of the {family} model is replaced by a {mixer} mixer."
+        )
+    else:
+        title = f"# CALD teacher ({config.cald_task}: {family} transformer)"
+        about = f"The {family} transformer fine-tuned by a cald_brain recipe (a teacher run, not converted)."
     lines = [
         *front,
         "",
-        f"# CALD student ({config.cald_task}, {family} with {conversion.get('mixer', '?')} mixers)",
+        title,
         "",
-        "A linear-time student trained with cald_brain (CALD layerwise distillation): every self-attention "
-        f"of the {family} model is replaced by a {conversion.get('mixer', '?')} mixer.",
+        about,
         "",
         "## Training",
         "",

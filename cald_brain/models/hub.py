@@ -31,6 +31,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 
 from cald_brain.convert import build_student, load_weights
+from cald_brain.convert.core import CONVERSION_KEY
 
 from .causal_lm import CausalLM
 from .generation import generate
@@ -89,12 +90,20 @@ class CaldConfig(PreTrainedConfig):
         return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
+def build_backbone(config: PreTrainedConfig, model_class: Any) -> PreTrainedModel:
+    """A student rebuilt as its conversion record says (`build_student`), or the plain transformer when the
+    config records none (an exported teacher)."""
+    if getattr(config, CONVERSION_KEY, None):
+        return build_student(config, model_class)
+    return model_class.from_config(config)
+
+
 def build_net(config: CaldConfig) -> nn.Module:
-    """The cald_brain network the config describes, with fresh weights (rebuilt student, head included)."""
+    """The cald_brain network the config describes, with fresh weights (backbone and head)."""
     backbone = config.backbone_config()
     if config.cald_task in ("ctc", "audio-classification"):
         encoder = SpeechEncoder(
-            build_student(backbone, AutoModel),
+            build_backbone(backbone, AutoModel),
             normalize_wav=bool(config.do_normalize),
             freeze_feature_encoder=False,
         )
