@@ -129,8 +129,13 @@ class CaldPreTrainedModel(PreTrainedModel):
         self.net = build_net(config) if net is None else net
         self.post_init()
 
+    def init_weights(self) -> None:
+        """Nothing to initialise: the network keeps the weights it has (trained ones when `cald_brain.export`
+        wraps it; transformers would otherwise re-initialise the mixers, which its backbone does not mark as
+        initialised) and `from_pretrained` then loads every weight."""
+
     def _init_weights(self, module: nn.Module) -> None:
-        """Weights come from the folder (or from the network's own initialisation): nothing to do."""
+        """See `init_weights`."""
 
     @classmethod
     def from_pretrained(

@@ -1,4 +1,4 @@
-"""cald_brain.export + cald_brain.inference + Hugging Face remote code: a student exported to a folder gives the
+"""cald_brain.export + cald_brain.inference + Hugging Face remote code: an exported student gives the
 in-memory model's outputs through `cald_brain.inference.load` and through `transformers.Auto*` /
 `pipeline(..., trust_remote_code=True)`, for each task (CTC, pooled speech classifier, text classifier,
 causal LM); without trust_remote_code transformers refuses to load it; audio files are read in other rates
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ROOT, SAMPLES, TINY_WAV2VEC2
+from conftest import ROOT, SAMPLES, tiny_audio_checkpoint
 from transformers import (
     AutoModel,
     AutoModelForAudioClassification,
@@ -26,26 +26,35 @@ from cald_brain.export import CTCUnits, ModelCard, export_student
 from cald_brain.inference import load
 from cald_brain.models import CausalLM, SpeechEncoder, SpeechModel, TextClassifier, load_tokenizer
 
-MIXER = {"d_state": 16, "headdim": 32}
+MIXER = {"d_state": 8, "headdim": 16}
 CHARACTERS = ("<blank>", "a", "b", " ", "c", "'")
 LABELS = ["alice", "bruno", "chloe"]
 TINY_ROBERTA = SAMPLES / "models" / "tiny-roberta"
 TINY_PYTHIA = SAMPLES / "models" / "tiny-pythia"
 
 
-def speech_student(num_outputs: int, **kwargs) -> SpeechModel:
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, str]:
+    """Tiny wav2vec2 checkpoints in both layer-norm layouts (base: group-norm feature encoder)."""
+    return {
+        layout: tiny_audio_checkpoint(tmp_path_factory.mktemp(layout) / "source", layout, 0.1)
+        for layout in ("base", "stable")
+    }
+
+
+def speech_student(source: str, num_outputs: int, **kwargs) -> SpeechModel:
     torch.manual_seed(0)
-    encoder = SpeechEncoder(str(TINY_WAV2VEC2), mixer="bimamba2", mixer_kwargs=MIXER)
+    encoder = SpeechEncoder(source, mixer="bimamba2", mixer_kwargs=MIXER)
     return SpeechModel(encoder, num_outputs, **kwargs).eval()
 
 
 def padded_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two waveforms (the second 60% long, zero-padded), relative lengths and the sample mask."""
     torch.manual_seed(1)
-    wavs = torch.randn(2, 16000)
-    wavs[1, 9600:] = 0
-    mask = torch.ones(2, 16000, dtype=torch.long)
-    mask[1, 9600:] = 0
+    wavs = torch.randn(2, 8000)
+    wavs[1, 4800:] = 0
+    mask = torch.ones(2, 8000, dtype=torch.long)
+    mask[1, 4800:] = 0
     return wavs, torch.tensor([1.0, 0.6]), mask
 
 
@@ -55,12 +64,19 @@ def write_wav(path, audio: np.ndarray, rate: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def ctc(tmp_path_factory):
+def ctc(tmp_path_factory, sources):
     """A CTC student (character units) and its export."""
-    model = speech_student(len(CHARACTERS))
+    model = speech_student(sources["base"], len(CHARACTERS))
+    wavs, lens, _ = padded_batch()
+    with torch.no_grad():
+        before = model(wavs, lens).logits
     folder = tmp_path_factory.mktemp("export") / "ctc-student"
-    card = ModelCard(recipe="recipes/TEDLIUM", guidance_mode="target", training_steps=7, test_metrics={"WER": 1.5})
+    card = ModelCard(
+        recipe="recipes/TEDLIUM", guidance_mode="target", training_steps=7, test_metrics={"WER": 1.5}
+    )
     export_student(model, folder, units=CTCUnits(0, characters=CHARACTERS), card=card)
+    with torch.no_grad():  # exporting leaves the trained model as it was
+        torch.testing.assert_close(model(wavs, lens).logits, before, rtol=0, atol=0)
     return model, folder
 
 
@@ -70,7 +86,9 @@ def test_ctc_export_gives_the_models_logits_through_load_and_hugging_face(ctc):
     with torch.no_grad():
         expected = model(wavs, lens).logits
         loaded = load(folder).net(wavs, lens).logits
-        remote = AutoModelForCTC.from_pretrained(folder, trust_remote_code=True)(wavs, attention_mask=mask).logits
+        remote = AutoModelForCTC.from_pretrained(folder, trust_remote_code=True)(
+            wavs, attention_mask=mask
+        ).logits
     torch.testing.assert_close(loaded, expected, rtol=0, atol=0)
     frames = int(model(wavs, lens).mask[1].sum())  # the padded utterance's valid frames
     torch.testing.assert_close(remote[0], expected[0], rtol=0, atol=0)
@@ -114,12 +132,12 @@ def test_transcribe_batch_and_the_asr_pipeline_decode_the_models_greedy_path(ctc
 
 def test_transcribe_file_reads_other_rates_and_channels(ctc, tmp_path):
     asr = load(ctc[1])
-    t = np.arange(8000) / 8000
+    t = np.arange(4000) / 8000
     tone = 0.5 * np.sin(2 * np.pi * 440 * t)
     stereo = write_wav(tmp_path / "stereo8k.wav", np.stack([tone, tone], axis=1), 8000)
     heard = asr.load_audio(stereo)
-    reference = 0.5 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
-    assert heard.shape == (16000,)
+    reference = 0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000)
+    assert heard.shape == (8000,)
     np.testing.assert_allclose(heard[100:-100].numpy(), reference[100:-100], atol=0.02)
     assert asr.transcribe_file(stereo) == asr.transcribe_batch(heard[None])[0][0]
 
@@ -137,7 +155,7 @@ def test_missing_and_corrupt_files_are_named(ctc, tmp_path):
 
 
 def test_cli_from_another_directory_prints_one_transcript_per_file(ctc, tmp_path):
-    audio = np.random.default_rng(0).standard_normal(12000) * 0.1
+    audio = np.random.default_rng(0).standard_normal(6000) * 0.1
     wav = write_wav(tmp_path / "utt.wav", audio, 16000)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -152,15 +170,18 @@ def test_cli_from_another_directory_prints_one_transcript_per_file(ctc, tmp_path
     assert "missing.wav" in proc.stderr
 
 
-def test_pooled_classifier_labels_embedding_and_verification(tmp_path):
-    model = speech_student(len(LABELS), pooling="attentive", attention_channels=16)
-    folder = export_student(model, tmp_path / "sid-student", labels=LABELS)
-    audio = np.random.default_rng(0).standard_normal(16000) * 0.1
+def test_pooled_classifier_labels_embedding_and_verification(tmp_path, sources):
+    model = speech_student(sources["stable"], len(LABELS), pooling="attentive", attention_channels=16)
+    audio = np.random.default_rng(0).standard_normal(8000) * 0.1
     wav = write_wav(tmp_path / "utt.wav", audio, 16000)
     signal = torch.from_numpy(audio).float()[None]
     with torch.no_grad():
         expected = model(signal, torch.ones(1)).logits
-        remote = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True)(signal).logits
+    folder = export_student(model, tmp_path / "sid-student", labels=LABELS)
+    with torch.no_grad():
+        remote = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True)(
+            signal
+        ).logits
     torch.testing.assert_close(remote, expected, rtol=0, atol=0)
     classifier = load(folder)
     label, score = classifier.classify_file(wav)
@@ -176,14 +197,21 @@ def test_pooled_classifier_labels_embedding_and_verification(tmp_path):
 
 def test_text_classifier_export_pipeline_and_pairs(tmp_path):
     torch.manual_seed(0)
-    model = TextClassifier(str(TINY_ROBERTA), 2, mixer="linformer", mixer_kwargs={"k": 8, "max_len": 64}).eval()
+    model = TextClassifier(
+        str(TINY_ROBERTA), 2, mixer="linformer", mixer_kwargs={"k": 8, "max_len": 64}
+    ).eval()
     tokenizer = load_tokenizer(str(TINY_ROBERTA))
-    folder = export_student(model, tmp_path / "text-student", labels=["negative", "positive"], tokenizer=tokenizer)
     texts, pairs = ["a fine film", "dull and long, far too long"], ["yes", "no"]
     batch = tokenizer(texts, pairs, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = model(**batch).logits
-        remote = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)(**batch).logits
+    folder = export_student(
+        model, tmp_path / "text-student", labels=["negative", "positive"], tokenizer=tokenizer
+    )
+    with torch.no_grad():
+        remote = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)(
+            **batch
+        ).logits
     torch.testing.assert_close(remote, expected, rtol=0, atol=0)
     classifier = load(folder)
     torch.testing.assert_close(classifier.logits(texts, pairs), expected, rtol=1e-6, atol=1e-6)
@@ -198,11 +226,13 @@ def test_language_model_export_generates_with_the_recurrent_cache(tmp_path):
     torch.manual_seed(0)
     model = CausalLM(str(TINY_PYTHIA), mixer="mamba", mixer_kwargs={"d_state": 4}).eval()
     tokenizer = load_tokenizer(str(TINY_PYTHIA))
-    folder = export_student(model, tmp_path / "lm-student", tokenizer=tokenizer)
     ids = tokenizer(["the cat sat on the"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = model(ids).logits
+    folder = export_student(model, tmp_path / "lm-student", tokenizer=tokenizer)
     remote = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     with torch.no_grad():
-        torch.testing.assert_close(remote(ids).logits, model(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(remote(ids).logits, expected, rtol=0, atol=0)
         greedy = ids
         for _ in range(6):  # the full-forward greedy continuation the cache must reproduce
             greedy = torch.cat([greedy, model(greedy).logits[:, -1:].argmax(dim=-1)], dim=1)
@@ -215,8 +245,8 @@ def test_language_model_export_generates_with_the_recurrent_cache(tmp_path):
         AutoModelForCausalLM.from_pretrained(folder)
 
 
-def test_export_replaces_an_earlier_export(tmp_path):
-    model = speech_student(len(CHARACTERS))
+def test_export_replaces_an_earlier_export(tmp_path, sources):
+    model = speech_student(sources["base"], len(CHARACTERS))
     folder = tmp_path / "student"
     export_student(model, folder, units=CTCUnits(0, characters=CHARACTERS))
     (folder / "stale.txt").write_text("from an earlier export")
@@ -225,7 +255,7 @@ def test_export_replaces_an_earlier_export(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
 
 
-def test_repository_root_is_not_needed(ctc):
-    """The exported folder holds no path into the repository or the source checkpoint."""
+def test_exported_config_holds_no_path(ctc, sources):
+    """The exported folder is self-contained: no path to the source checkpoint or the repository."""
     config = (ctc[1] / "config.json").read_text()
-    assert str(ROOT) not in config and "tiny-wav2vec2" not in config
+    assert sources["base"] not in config and str(ROOT) not in config
