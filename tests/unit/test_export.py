@@ -259,3 +259,21 @@ def test_exported_config_holds_no_path(ctc, sources):
     """The exported folder is self-contained: no path to the source checkpoint or the repository."""
     config = (ctc[1] / "config.json").read_text()
     assert sources["base"] not in config and str(ROOT) not in config
+
+
+def test_sentencepiece_units_decode_like_the_tokenizer(tmp_path, sources):
+    import sentencepiece
+
+    text = tmp_path / "train.txt"
+    text.write_text("the cat sat on the mat\nthe dog sat\na cat and a dog\n" * 20)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "bpe"), vocab_size=20, model_type="bpe", minloglevel=2
+    )
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "bpe.model"))
+    model = speech_student(sources["base"], pieces.vocab_size())
+    folder = export_student(
+        model, tmp_path / "bpe-student", units=CTCUnits(0, sentencepiece_model=str(tmp_path / "bpe.model"))
+    )
+    wavs, lens, _ = padded_batch()
+    texts, tokens = load(folder).transcribe_batch(wavs, lens)
+    assert texts == [pieces.decode_ids(t) for t in tokens] and all(tokens)
