@@ -277,3 +277,13 @@ def test_sentencepiece_units_decode_like_the_tokenizer(tmp_path, sources):
     wavs, lens, _ = padded_batch()
     texts, tokens = load(folder).transcribe_batch(wavs, lens)
     assert texts == [pieces.decode_ids(t) for t in tokens] and all(tokens)
+
+
+def test_torch_export_of_a_speech_student_with_padding(ctc):
+    """torch.export traces the exported CTC student (the padding checks are skipped while exporting)."""
+    model = load(ctc[1]).model
+    wavs, _, mask = padded_batch()
+    program = torch.export.export(model, (wavs,), {"attention_mask": mask})
+    with torch.no_grad():
+        expected = model(wavs, attention_mask=mask).logits
+    torch.testing.assert_close(program.module()(wavs, attention_mask=mask).logits, expected)
