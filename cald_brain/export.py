@@ -1,8 +1,8 @@
 """Export a trained student as a self-contained folder that `cald_brain.inference.load` and Hugging Face
 (`Auto*.from_pretrained(folder, trust_remote_code=True)`, `pipeline`) both read.
 
-    export_student(student, "results/x/student", units=CTCUnits.from_label_encoder(encoder),
-                   card=ModelCard(recipe="recipes/TEDLIUM", hparams_file="hparams/bimamba2_target.yaml"))
+    export_student(asr.modules.student, f"{output_folder}/student", units=CTCUnits.from_label_encoder(encoder),
+                   card=ModelCard.for_run(output_folder, hparams, asr.optimizer_step))
 
 The folder (written atomically: a temporary folder renamed into place):
     config.json              CaldConfig: the backbone's config with its conversion record, the task head,
@@ -73,6 +73,25 @@ class ModelCard:
     training_steps: int | None = None
     test_metrics: Mapping[str, Any] = field(default_factory=dict)
     base_model: str = ""
+
+    @classmethod
+    def for_run(
+        cls, output_folder: str | os.PathLike, hparams: Mapping[str, Any], training_steps: int | None = None
+    ) -> "ModelCard":
+        """The card of a recipe run: its recipe script and hparams copy in `output_folder` (SpeechBrain's
+        recipe.py / hyperparams.yaml), `guidance_mode` and `pretrained_source` from `hparams` (teacher runs
+        have no guidance mode), the test metrics from <output_folder>/test_metrics.json when written."""
+        folder = Path(output_folder)
+        metrics = folder / "test_metrics.json"
+        source = str(hparams.get("pretrained_source", ""))
+        return cls(
+            recipe=str(folder / "recipe.py"),
+            hparams_file=str(folder / "hyperparams.yaml"),
+            guidance_mode=str(hparams.get("guidance_mode", "none (teacher fine-tuning)")),
+            training_steps=training_steps,
+            test_metrics=json.loads(metrics.read_text()) if metrics.is_file() else {},
+            base_model=os.path.abspath(source) if os.path.isdir(source) else source,
+        )
 
 
 def task_of(module: nn.Module) -> str:

@@ -17,7 +17,6 @@ output_folder) and the source is found from any working directory; otherwise pas
 
 import argparse
 import io
-import json
 import os
 import sys
 from pathlib import Path
@@ -143,17 +142,10 @@ def task_inputs(module: torch.nn.Module, doc: dict, save: Path, source: str) -> 
 
 
 def model_card(run: Path, doc: dict, checkpoint: Path, source: str) -> ModelCard:
+    """The run's card (ModelCard.for_run) with the optimizer steps of the exported checkpoint."""
     brain = checkpoint / "brain.ckpt"
     steps = YAML(typ="safe").load(brain.read_text()).get("optimizer_step") if brain.is_file() else None
-    metrics = run / "test_metrics.json"
-    return ModelCard(
-        recipe=str(run / "recipe.py"),
-        hparams_file=str(run / "hyperparams.yaml"),
-        guidance_mode=str(doc.get("guidance_mode", "none (teacher fine-tuning)")),
-        training_steps=steps,
-        test_metrics=json.loads(metrics.read_text()) if metrics.is_file() else {},
-        base_model=source,
-    )
+    return ModelCard.for_run(run, {**doc, "pretrained_source": source}, steps)
 
 
 def export_run(
