@@ -1,7 +1,7 @@
 """Export a trained student as a self-contained folder that `cald_brain.inference.load` and Hugging Face
 (`Auto*.from_pretrained(folder, trust_remote_code=True)`, `pipeline`) both read.
 
-    export_student(asr.modules.student, f"{output_folder}/student", units=CTCUnits.from_label_encoder(encoder),
+    export_student(asr.modules.student, output_folder + "/student", units=CTCUnits.from_label_encoder(enc),
                    card=ModelCard.for_run(output_folder, hparams, asr.optimizer_step))
 
 The folder (written atomically: a temporary folder renamed into place):
