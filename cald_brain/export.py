@@ -281,13 +281,16 @@ def export_student(
     sampling_rate: int = 16000,
     card: ModelCard | None = None,
 ) -> Path:
-    """Write the student network `module` (SpeechModel, TextClassifier or CausalLM; its task follows from it)
-    to `folder` as described in the module docstring, replacing an earlier export. Returns the folder.
+    """Write the student network `module` (SpeechModel, TextClassifier or CausalLM, or DDP around one; its
+    task follows from it) to `folder` as described in the module docstring, replacing an earlier export; call
+    it on the main process only. Returns the folder.
 
     units: CTC students' output units. labels: classifiers' class names (index order). tokenizer: text and LM
     students' tokenizer. sampling_rate: speech students' input rate. card: the model card's training facts.
     """
     folder = Path(folder)
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        module = module.module
     config = make_config(module, units, labels, sampling_rate)
     if config.cald_task in ("text-classification", "causal-lm") and tokenizer is None:
         raise ValueError(f"a {config.cald_task} student needs its tokenizer= to be exported")

@@ -32,7 +32,7 @@ def load_model(
 
 
 def given_or_loaded(
-    source: "str | PreTrainedModel",
+    source: str | PreTrainedModel,
     model_class: Any,
     mixer: str | None,
     mixer_kwargs: dict[str, Any] | None,
