@@ -19,7 +19,15 @@ from .core import (
     supported_model_types,
     teacher_state_for_student,
 )
-from .loading import load_and_convert, load_config, load_pretrained, load_student, resolve_source
+from .loading import (
+    build_student,
+    load_and_convert,
+    load_config,
+    load_pretrained,
+    load_student,
+    load_weights,
+    resolve_source,
+)
 from .modules import CALD_ATTN_IMPLEMENTATION, MixerAttention
 
 __all__ = [
@@ -29,11 +37,13 @@ __all__ = [
     "MixerAttention",
     "ParameterCount",
     "adapter_for",
+    "build_student",
     "convert",
     "load_and_convert",
     "load_config",
     "load_pretrained",
     "load_student",
+    "load_weights",
     "register_adapter",
     "resolve_source",
     "supported_model_types",

@@ -1,5 +1,6 @@
 """Loading: a transformer checkpoint converted in one call, and a saved student rebuilt exactly."""
 
+import copy
 import json
 import os
 import re
@@ -164,12 +165,52 @@ def _aliases(model: PreTrainedModel, name: str) -> set[str]:
     return {n for n, p in model.named_parameters(remove_duplicate=False) if p is parameter}
 
 
+def build_student(
+    config: PretrainedConfig, model_class: type[PreTrainedModel] | Any = None
+) -> PreTrainedModel:
+    """A student with fresh weights from a config recording its conversion (`config.cald_conversion`): the
+    model built from the config, then converted as recorded. `config` is not modified.
+
+    model_class: the class to build (default: config.architectures[0], else AutoModel).
+    """
+    record = getattr(config, CONVERSION_KEY, None)
+    if not record:
+        raise ValueError(
+            f"this {type(config).__name__} has no {CONVERSION_KEY!r}: it is not a converted student. Convert "
+            "a transformer checkpoint with load_and_convert() instead."
+        )
+    config = copy.deepcopy(config)
+    delattr(config, CONVERSION_KEY)
+    model_class = model_class or _model_class(config)
+    model = model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)
+    return convert(
+        model,
+        record["mixer"],
+        record["init"],
+        unidirectional=record["unidirectional"],
+        **record["mixer_kwargs"],
+    )
+
+
+def load_weights(model: PreTrainedModel, folder: str | os.PathLike) -> PreTrainedModel:
+    """Load every weight `save_pretrained` wrote in `folder` into `model`, strictly (a missing or unexpected
+    tensor raises, naming the folder); returns `model`."""
+    folder = os.fspath(folder)
+    state_dict = _saved_names_to_parameter_names(model, _read_state_dict(folder))
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [key for key in missing if not _aliases(model, key) & state_dict.keys()]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"weights in {folder} do not match the rebuilt model: missing {missing}, unexpected {unexpected}"
+        )
+    return model
+
+
 def load_student(
     folder: str | os.PathLike, model_class: type[PreTrainedModel] | Any = None
 ) -> PreTrainedModel:
-    """Rebuild a student saved with `save_pretrained`: the model built from its config, converted with the
-    recorded `config.cald_conversion`, then every saved weight loaded strictly. Returned in eval mode, like
-    `from_pretrained`.
+    """Rebuild a student saved with `save_pretrained`: `build_student` from its config, then every saved
+    weight loaded strictly (`load_weights`). Returned in eval mode, like `from_pretrained`.
 
     model_class: the class to build (default: config.architectures[0], else AutoModel).
     """
@@ -177,28 +218,9 @@ def load_student(
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"student folder {folder!r} does not exist")
     config = AutoConfig.from_pretrained(folder)
-    record = getattr(config, CONVERSION_KEY, None)
-    if not record:
+    if not getattr(config, CONVERSION_KEY, None):
         raise ValueError(
             f"{os.path.join(folder, 'config.json')} has no {CONVERSION_KEY!r}: it is not a converted "
             "student. Convert a transformer checkpoint with load_and_convert() instead."
         )
-    delattr(config, CONVERSION_KEY)
-    model_class = model_class or _model_class(config)
-    model = model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)
-    convert(
-        model,
-        record["mixer"],
-        record["init"],
-        unidirectional=record["unidirectional"],
-        **record["mixer_kwargs"],
-    )
-    state_dict = _saved_names_to_parameter_names(model, _read_state_dict(folder))
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [key for key in missing if not _aliases(model, key) & state_dict.keys()]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"weights in {folder} do not match the rebuilt student: missing {missing}, "
-            f"unexpected {unexpected}"
-        )
-    return model.eval()
+    return load_weights(build_student(config, model_class), folder).eval()

@@ -51,7 +51,8 @@ def _padding_mask_only(
     if attention_mask is None:
         return None
     mask = attention_mask.bool()
-    if not torch.equal(mask, lengths_to_mask(mask.sum(dim=1), mask.shape[1])):
+    exporting = torch.compiler.is_exporting()  # torch.export cannot trace this data-dependent check
+    if not exporting and not torch.equal(mask, lengths_to_mask(mask.sum(dim=1), mask.shape[1])):
         raise ValueError("attention_mask must be right-padded: 1 on a prefix of each item, then 0")
     return mask
 

@@ -185,3 +185,25 @@ def audio_pipeline(sample_rate: int = 16000, segmented: bool = True) -> Callable
             return read_segment(wav, sample_rate=sample_rate)
 
     return read_sig
+
+
+def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """A whole audio file in any format soundfile reads, mixed down to mono (channel mean) and resampled to
+    ``sample_rate`` (torchaudio's band-limited resampling), as a float32 1-D tensor; for inference on files
+    as users have them. A missing or unreadable file raises an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    info = audio_info(path)
+    try:
+        audio = sf.read(str(path), dtype="float32", always_2d=True)[0]
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise AudioFileError(f"Cannot decode {path} ({err}): the file is corrupt.") from err
+    if len(audio) == 0:
+        raise AudioFileError(f"{path} holds no audio (0 frames).")
+    wav = torch.from_numpy(np.ascontiguousarray(audio)).mean(dim=1)
+    if info.sample_rate != sample_rate:
+        import torchaudio.functional
+
+        wav = torchaudio.functional.resample(wav, info.sample_rate, sample_rate)
+    return wav

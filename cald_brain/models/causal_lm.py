@@ -12,11 +12,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from cald_brain.brain import ModelOutputs
 
-from .loading import load_model
+from .loading import given_or_loaded
 
 
 def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -32,21 +32,23 @@ class CausalLM(nn.Module):
 
     Arguments
     ---------
-    source: hub name or local folder of the pretrained decoder.
+    source: hub name or local folder of the pretrained decoder, or a built model (head included) used as is.
     mixer, mixer_kwargs, init: the conversion (None: the transformer itself); see cald_brain.convert.
     config_overrides: config attributes set before loading (e.g. hidden_dropout).
     """
 
     def __init__(
         self,
-        source: str,
+        source: str | PreTrainedModel,
         mixer: str | None = None,
         mixer_kwargs: dict[str, Any] | None = None,
         init: str = "random",
         config_overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.model = load_model(source, AutoModelForCausalLM, mixer, mixer_kwargs, init, config_overrides)
+        self.model = given_or_loaded(
+            source, AutoModelForCausalLM, mixer, mixer_kwargs, init, config_overrides
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutputs:
         """(B, T, V) next-token logits, every hidden state (embeddings first) and the token mask."""

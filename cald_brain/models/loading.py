@@ -29,3 +29,22 @@ def load_model(
         config_overrides=config_overrides,
         **(mixer_kwargs or {}),
     )
+
+
+def given_or_loaded(
+    source: str | PreTrainedModel,
+    model_class: Any,
+    mixer: str | None,
+    mixer_kwargs: dict[str, Any] | None,
+    init: str,
+    config_overrides: dict[str, Any] | None,
+) -> PreTrainedModel:
+    """`source` itself when it is a built model (a wrapper around a rebuilt student: nothing else may then be
+    set), else `load_model` of it."""
+    if not isinstance(source, PreTrainedModel):
+        return load_model(source, model_class, mixer, mixer_kwargs, init, config_overrides)
+    if mixer is not None or mixer_kwargs or config_overrides:
+        raise ValueError(
+            "mixer, mixer_kwargs and config_overrides apply to a source to load, not a built model"
+        )
+    return source

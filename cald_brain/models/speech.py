@@ -20,14 +20,14 @@ from typing import Any
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
 from torch import nn
-from transformers import AutoFeatureExtractor, AutoModel
+from transformers import AutoFeatureExtractor, AutoModel, PreTrainedModel
 
 from cald_brain.brain import ModelOutputs
 from cald_brain.convert import resolve_source
 from cald_brain.mixers.masking import lengths_to_mask
 
 from .layerdrop import install_layerdrop
-from .loading import load_model
+from .loading import given_or_loaded
 
 POOLINGS = (None, "mean", "statistics", "attentive")
 
@@ -71,7 +71,9 @@ class SpeechEncoder(nn.Module):
 
     Arguments
     ---------
-    source: hub name or local folder of the pretrained transformer (the conversion source).
+    source: hub name or local folder of the pretrained transformer (the conversion source), or a model
+        already built (e.g. a student rebuilt by `cald_brain.export`), used as it is: then give
+        `normalize_wav` and no mixer or config settings.
     mixer: None for the transformer itself (teacher); "bimamba2", "mamba2" or "linformer" for a student.
     mixer_kwargs: keyword arguments of the mixer (e.g. {"d_state": 128}).
     init: "random" (as in the CALD reference) or "attention" (new mixers start from the attention weights).
@@ -89,7 +91,7 @@ class SpeechEncoder(nn.Module):
 
     def __init__(
         self,
-        source: str,
+        source: str | PreTrainedModel,
         mixer: str | None = None,
         mixer_kwargs: dict[str, Any] | None = None,
         init: str = "random",
@@ -98,7 +100,9 @@ class SpeechEncoder(nn.Module):
         config_overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.model = load_model(source, AutoModel, mixer, mixer_kwargs, init, config_overrides)
+        self.model = given_or_loaded(source, AutoModel, mixer, mixer_kwargs, init, config_overrides)
+        if isinstance(source, PreTrainedModel) and normalize_wav is None:
+            raise ValueError("a SpeechEncoder around a built model needs normalize_wav=True/False")
         self.layerdrop = install_layerdrop(self.model.config, self.model.encoder.layers)
         self.normalize_wav = read_do_normalize(source) if normalize_wav is None else normalize_wav
         if freeze_feature_encoder:

@@ -16,12 +16,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from cald_brain.brain import ModelOutputs
 from cald_brain.convert import resolve_source
 
-from .loading import load_model
+from .loading import given_or_loaded
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
@@ -54,7 +59,7 @@ class TextClassifier(nn.Module):
 
     Arguments
     ---------
-    source: hub name or local folder of the pretrained encoder.
+    source: hub name or local folder of the pretrained encoder, or a built model (head included) used as is.
     num_labels: classes (1 for regression, e.g. STS-B).
     mixer, mixer_kwargs, init: the conversion (None: the transformer itself); see cald_brain.convert.
     config_overrides: config attributes set before loading (e.g. hidden_dropout_prob).
@@ -62,7 +67,7 @@ class TextClassifier(nn.Module):
 
     def __init__(
         self,
-        source: str,
+        source: str | PreTrainedModel,
         num_labels: int,
         mixer: str | None = None,
         mixer_kwargs: dict[str, Any] | None = None,
@@ -70,14 +75,13 @@ class TextClassifier(nn.Module):
         config_overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.model = load_model(
-            source,
-            AutoModelForSequenceClassification,
-            mixer,
-            mixer_kwargs,
-            init,
-            {**(config_overrides or {}), "num_labels": num_labels},
+        if not isinstance(source, PreTrainedModel):
+            config_overrides = {**(config_overrides or {}), "num_labels": num_labels}
+        self.model = given_or_loaded(
+            source, AutoModelForSequenceClassification, mixer, mixer_kwargs, init, config_overrides
         )
+        if self.model.config.num_labels != num_labels:
+            raise ValueError(f"num_labels is {num_labels}, but the model has {self.model.config.num_labels}")
 
     def forward(
         self,

@@ -319,3 +319,32 @@ def test_recipe_run(row, first_epoch):
     if run.resume:
         launch(run, out, 2, first_epoch.outputs, first_epoch.env)
         assert train_epochs(out) == [1, 2]
+
+
+def test_tedlium_student_exports_and_transcribes_from_another_directory(first_epoch, tmp_path):
+    """A finished TED-LIUM student run (hub-name source) exported with tools/export.py, then a recording
+    transcribed by the command line, both started outside the repository."""
+    import soundfile as sf
+
+    out = first_epoch("tedlium-trajectory")
+    export = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "export.py"), str(out), "--out", str(tmp_path / "student")],
+        cwd=tmp_path,
+        env=first_epoch.env,
+        capture_output=True,
+        text=True,
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    talk = next((SAMPLES / "TEDLIUM_release-3").rglob("*.sph"))
+    audio, rate = sf.read(talk, frames=2 * 16000, dtype="float32")
+    wav = tmp_path / "two_seconds.wav"
+    sf.write(wav, audio, rate)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cald_brain.inference", str(tmp_path / "student"), str(wav)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith(f"{wav}\t") and proc.stdout.count("\n") == 1
+    assert "guidance mode: trajectory" in (tmp_path / "student" / "README.md").read_text()
