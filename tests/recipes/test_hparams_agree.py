@@ -228,7 +228,7 @@ def naming_problems(recipe_dirs: list[Path]) -> list[str]:
     """Concepts named differently in different files: retired names, missing engine keys, and one argument
     (same place, same class) fed from top-level keys of different names."""
     problems = []
-    fed_by: dict[tuple[str, ...], dict[str, set[str]]] = {}  # where -> top-level key -> files
+    fed_by: dict[tuple[str, ...], dict[str, set[str]]] = {}  # where -> top-level key -> recipe folders
     for recipe_dir in recipe_dirs:
         for name, data in load_folder(recipe_dir).items():
             file = (recipe_dir / "hparams" / name).as_posix()
@@ -241,12 +241,14 @@ def naming_problems(recipe_dirs: list[Path]) -> list[str]:
             ]
             for top_key, value in data.items():
                 for where, ref in _refs(value, (top_key,)):
-                    fed_by.setdefault(where, {}).setdefault(ref, set()).add(file)
+                    fed_by.setdefault(where, {}).setdefault(ref, set()).add(recipe_dir.as_posix())
     for where, names in sorted(fed_by.items()):
         if len(names) > 1:
             problems.append(
                 f"`{'.'.join(where)}` is fed by differently named keys (one concept, one name): "
-                + "; ".join(f"`{ref}` in {', '.join(sorted(files))}" for ref, files in sorted(names.items()))
+                + "; ".join(
+                    f"`{ref}` in {', '.join(sorted(folders))}" for ref, folders in sorted(names.items())
+                )
             )
     return problems
 
