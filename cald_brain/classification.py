@@ -176,8 +176,8 @@ def train_and_test(
     hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]
 ) -> UtteranceClassifier:
     """Fit on train (dev accuracy picks the best checkpoint), then test that checkpoint. The train loader is
-    the hparams' ``train_sampler`` (batches by total duration) with ``num_workers``; dev and test use
-    ``valid_dataloader_opts`` / ``test_dataloader_opts``."""
+    the hparams' ``train_sampler`` (batches by total duration) with ``train_dataloader_opts``; dev and test
+    use ``valid_dataloader_opts`` / ``test_dataloader_opts``."""
     brain = UtteranceClassifier(
         labels=labels,
         modules=hparams["modules"],
@@ -190,8 +190,8 @@ def train_and_test(
         datasets["train"],
         datasets["dev"],
         train_loader_kwargs={
+            **hparams["train_dataloader_opts"],
             "batch_sampler": hparams["train_sampler"](datasets["train"]),
-            "num_workers": hparams["num_workers"],
         },
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )

@@ -50,7 +50,9 @@ def resolve_hparams_path(path: str, recipe_dir: str) -> str:
     candidate = os.path.join(recipe_dir, path)
     if os.path.isfile(candidate):
         return candidate
-    available = sorted(os.listdir(os.path.join(recipe_dir, "hparams")))
+    available = sorted(
+        name for name in os.listdir(os.path.join(recipe_dir, "hparams")) if name.endswith(".yaml")
+    )
     raise RecipeError(
         f"hparams file '{path}' not found (looked in '{os.getcwd()}' and '{recipe_dir}'). "
         f"Available in {os.path.join(recipe_dir, 'hparams')}: {', '.join(available)}"

@@ -23,7 +23,7 @@ TINY_WAV2VEC2 = SAMPLES / "models" / "tiny-wav2vec2"
 # The TED-LIUM recipe's defaults are the reference's full-scale schedule (bf16; 18-24 utterances per
 # micro-batch, 3-4 micro-batches per optimizer step); on the sample, on CPU, every test run sizes it so
 # (recipes/TEDLIUM/README.md, "Try it on the sample").
-TEDLIUM_SAMPLE_OVERRIDES = ("--batch_size=2", "--grad_accumulation_factor=1", "--precision=fp32")
+TEDLIUM_SAMPLE_OVERRIDES = ("--max_batch_items=2", "--grad_accumulation_factor=1", "--precision=fp32")
 
 
 def assert_same_tree(made: Path, committed: Path) -> None:

@@ -33,7 +33,7 @@ TINY_MODEL = ROOT / "tests" / "samples" / "models" / "tiny-wav2vec2"
 # utterances, one per optimizer step, fp32, a short warm-up, a faster CTC head. Per run: a trajectory step
 # costs about two plain steps (student + joint teacher), hence fewer epochs.
 COMMON_OVERRIDES = {
-    "batch_size": 4,
+    "max_batch_items": 4,
     "grad_accumulation_factor": 1,
     "precision": "fp32",
     "warmup_steps": 20,

@@ -41,7 +41,7 @@ def main() -> None:
     )
     label_file = os.path.join(hparams["save_folder"], prepare.LABEL_FILE)
     datasets, labels = classification_datasets(hparams, "intent", label_file, transcript_characters)
-    check_num_classes(labels, hparams["num_intents"], "num_intents", label_file)
+    check_num_classes(labels, hparams["num_outputs"], "num_outputs", label_file)
 
     train_and_test(hparams, run_opts, datasets, labels)
 

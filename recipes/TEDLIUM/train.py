@@ -84,7 +84,7 @@ class CharUnits:
             special_labels={"blank_label": hparams["blank_index"]},
             sequence_input=False,
         )
-        self.encoder.expect_len(hparams["output_neurons"])  # checked by build_units with a clearer message
+        self.encoder.expect_len(hparams["num_outputs"])  # checked by build_units with a clearer message
         self.size = len(self.encoder)
         self.what = "the character set has"
 
@@ -93,7 +93,7 @@ class CharUnits:
         if unknown:
             raise ValueError(
                 f"utterance {utt_id}: character(s) {unknown} of {wrd!r} are not in `characters` (label "
-                "encoder): add them to `characters` (and output_neurons), or prepare again with "
+                "encoder): add them to `characters` (and num_outputs), or prepare again with "
                 "unknown_characters: drop or map"
             )
         return self.encoder.encode_sequence(list(wrd))
@@ -103,7 +103,7 @@ class CharUnits:
 
 
 class PieceUnits:
-    """SentencePiece BPE pieces as CTC units (SpeechBrain's tokenizer) with `output_neurons` pieces, trained
+    """SentencePiece BPE pieces as CTC units (SpeechBrain's tokenizer) with `num_outputs` pieces, trained
     on the train split's transcripts plus one line holding every character of `characters` (so each character
     has a piece even if only dev/test use it), saved in <save_folder>/tokenizer/ and reused from there on
     resume (delete that folder to train it again). Id 0 is the tokenizer's unknown piece and the CTC blank:
@@ -123,7 +123,7 @@ class PieceUnits:
         )
         self.tokenizer = SentencePiece(
             model_dir=folder,
-            vocab_size=hparams["output_neurons"],
+            vocab_size=hparams["num_outputs"],
             text_file=text_file,
             model_type="bpe",
             character_coverage=1.0,
@@ -164,14 +164,14 @@ UNITS = {"char": CharUnits, "bpe": PieceUnits}
 
 
 def build_units(hparams: dict) -> CharUnits | PieceUnits:
-    """The CTC output units named by `units`; their number must be the head's `output_neurons`."""
+    """The CTC output units named by `units`; their number must be the head's `num_outputs`."""
     if hparams["units"] not in UNITS:
         raise RecipeError(f"units must be one of {', '.join(UNITS)}, got {hparams['units']!r}")
     units = UNITS[hparams["units"]](hparams)
-    if units.size != hparams["output_neurons"]:
+    if units.size != hparams["num_outputs"]:
         raise RecipeError(
-            f"output_neurons is {hparams['output_neurons']} but {units.what} {units.size} units "
-            f"(blank included): set --output_neurons={units.size}"
+            f"num_outputs is {hparams['num_outputs']} but {units.what} {units.size} units "
+            f"(blank included): set --num_outputs={units.size}"
         )
     return units
 
@@ -214,7 +214,7 @@ def train_loader_kwargs(hparams: dict, train_set) -> dict:
     if clashing:
         raise RecipeError(
             f"train_dataloader_opts sets {', '.join(clashing)}, but the training batches come from "
-            "train_sampler: remove them and size the batches with batch_size, batch_max_samples and "
+            "train_sampler: remove them and size the batches with max_batch_items, max_batch_samples and "
             "grad_accumulation_factor (top-level keys)"
         )
     return {**opts, "batch_sampler": hparams["train_sampler"](train_set)}

@@ -56,7 +56,7 @@ def main() -> None:
         constant_units(hparams["loss_units_per_utterance"]),
         train_items=[crop_pipeline(hparams["train_crop_seconds"], hparams["sample_rate"])],
     )
-    check_num_classes(labels, hparams["num_speakers"], "num_speakers", label_file)
+    check_num_classes(labels, hparams["num_outputs"], "num_outputs", label_file)
 
     train_and_test(hparams, run_opts, datasets, labels)
 

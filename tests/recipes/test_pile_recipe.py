@@ -129,7 +129,7 @@ def pile_args(out) -> list[str]:
         "--batch_size=2",
         "--grad_accumulation_factor=2",
         "--valid_every_n_steps=3",
-        "--lr_decay_steps=8",  # the learning rate changes at every step
+        "--decay_steps=8",  # the learning rate changes at every step
         "--precision=fp32",
         "--num_workers=0",
         "--d_inner=96",

@@ -40,7 +40,7 @@ def recipe_args(out: Path, *extra: str, ckpt_steps: int = 2) -> list[str]:
         "--number_of_epochs=1",
         "--ckpt_interval_minutes=0",
         f"--ckpt_interval_steps={ckpt_steps}",
-        "--train_dataloader_opts={num_workers: 0}",
+        "--num_workers=0",
         "--noprogressbar",
         *extra,
     ]

@@ -13,13 +13,13 @@ CHARACTERS = "abcdefghijklmnopqrstuvwxyz' "
 TRANSCRIPTS = ["the cat sat on the mat", "a dog's dinner", "the mat was flat", "what a cat"] * 5
 
 
-def hparams(save_folder, units: str, output_neurons: int) -> dict:
+def hparams(save_folder, units: str, num_outputs: int) -> dict:
     return {
         "save_folder": str(save_folder),
         "units": units,
         "characters": CHARACTERS,
         "blank_index": 0,
-        "output_neurons": output_neurons,
+        "num_outputs": num_outputs,
     }
 
 
@@ -37,7 +37,7 @@ def test_characters_round_trip_and_unknown_character_names_the_utterance(tmp_pat
     assert 0 not in ids and units.decode(ids) == "a dog's dinner"
     with pytest.raises(ValueError, match=r"utterance talk-0001: character\(s\) \['é'\]"):
         units.encode("talk-0001", "café")
-    with pytest.raises(SystemExit, match="output_neurons is 30 but the character set has 29"):
+    with pytest.raises(SystemExit, match="num_outputs is 30 but the character set has 29"):
         train.build_units(hparams(tmp_path, "char", 30))
 
 

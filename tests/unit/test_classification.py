@@ -51,6 +51,6 @@ def test_head_size_must_match_the_prepared_labels():
     from cald_brain.classification import check_num_classes
     from cald_brain.recipe import RecipeError
 
-    check_num_classes(["a", "b"], 2, "num_intents", "intents.txt")
-    with pytest.raises(RecipeError, match=r"num_intents is 69 but intents\.txt lists 2 .* --num_intents=2"):
-        check_num_classes(["a", "b"], 69, "num_intents", "intents.txt")
+    check_num_classes(["a", "b"], 2, "num_outputs", "intents.txt")
+    with pytest.raises(RecipeError, match=r"num_outputs is 69 but intents\.txt lists 2 .* --num_outputs=2"):
+        check_num_classes(["a", "b"], 69, "num_outputs", "intents.txt")

@@ -24,7 +24,7 @@ timeout 150 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m cuda tests/unit te
 "$PYTHON" tools/samples/wav2vec2_standin.py /tmp/wav2vec2-base-standin >/dev/null
 timeout 120 "$PYTHON" recipes/TEDLIUM/train.py recipes/TEDLIUM/hparams/bimamba2_trajectory.yaml \
     --data_folder=tests/samples/TEDLIUM_release-3 --pretrained_source=/tmp/wav2vec2-base-standin \
-    --output_folder=/tmp/gpu_check_tedlium --device=cuda:0 --number_of_epochs=3 --batch_size=4 --grad_accumulation_factor=2 --noprogressbar \
+    --output_folder=/tmp/gpu_check_tedlium --device=cuda:0 --number_of_epochs=3 --max_batch_items=4 --grad_accumulation_factor=2 --noprogressbar \
     >"$OUT/tedlium_full_size.log" 2>&1 || status=1
 grep -E "epoch: |Error|error|Traceback" "$OUT/tedlium_full_size.log" | cut -c1-400
 timeout 90 "$PYTHON" tools/bench_mixers.py --device cuda --lengths 1000 4000 16000 --repeats 5 --no-plot \
