@@ -167,7 +167,9 @@ def test_glue_hybrid_switch_defaults_to_the_reference_step_of_the_task():
     hparams_file = GLUE_HPARAMS / "linformer_hybrid.yaml"
 
     def distill_until_step(overrides: dict):
-        overrides = with_derived(str(hparams_file), overrides, train.derived_from_task)
+        overrides = with_derived(
+            str(hparams_file), {**overrides, "data_folder": "d"}, train.derived_from_task
+        )
         with open(hparams_file, encoding="utf-8") as fin:
             return YAML(typ="rt").load(resolve_references(fin, overrides))["distill_until_step"]
 
