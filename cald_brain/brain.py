@@ -273,7 +273,7 @@ class CALDBrain(sb.Brain):
 
     # --- fit and test -----------------------------------------------------------------------------------
 
-    def fit_sets(self, train_set: Any, valid_set: Any, batch_sampler: Any = None) -> None:
+    def fit_datasets(self, train_set: Any, valid_set: Any, batch_sampler: Any = None) -> None:
         """`fit` over the hparams' `epoch_counter`, the train loader as `train_loader_kwargs` builds it (with
         `batch_sampler` if the task builds one) and `valid_dataloader_opts`. A batch sampler with an `epochs`
         attribute (SegmentedBatches: its segments) decides the run's number of epochs: the epoch counter's
@@ -321,6 +321,8 @@ class CALDBrain(sb.Brain):
         )
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's loader; the train loader draws its workers' seeds from `loader_generator` (re-seeded
+        every epoch in `_fit_train`) and is remembered to size the run (`total_optimizer_steps`)."""
         if stage == sb.Stage.TRAIN:
             loader_kwargs.setdefault("generator", self.loader_generator)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
@@ -666,6 +668,8 @@ class CALDBrain(sb.Brain):
 
     @mark_as_saver
     def _save(self, path):
+        """SpeechBrain's brain state plus the non-finite counters and the epoch's running term averages, so
+        a resumed run logs the same averages."""
         state = {
             "step": self.step,
             "avg_train_loss": self.avg_train_loss,
@@ -679,6 +683,7 @@ class CALDBrain(sb.Brain):
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch):
+        """Counterpart of `_save` (checkpoints without the added keys load with their defaults)."""
         super()._recover(path, end_of_epoch)
         with open(path, encoding="utf-8") as f:
             state = yaml.safe_load(f)

@@ -59,9 +59,23 @@ class CausalLMBrain(CALDBrain):
         return {"lr": self.optimizer.param_groups[0]["lr"]}
 
 
+def check_guidance_mode(hparams: dict) -> None:
+    """Only unguided, target and hybrid guidance apply to causal language modelling."""
+    mode = hparams.get("guidance_mode", "unguided")
+    if mode not in LM_MODES:
+        raise RecipeError(
+            f"guidance_mode={mode} does not apply to causal language modelling. Trajectory and waypoint "
+            "guidance follow a teacher being fine-tuned on the task; here the teacher is the already "
+            f"pretrained model, so use one of {', '.join(LM_MODES)} (target: the pretrained model is the "
+            "target)"
+        )
+
+
 def build_datasets(hparams: dict) -> dict[str, TokenSequences]:
     """Train / valid / test as consecutive ranges of the corpus in index order (the reference trains on the
-    first max_train_samples sequences; validation and test take the sequences right after them)."""
+    first max_train_samples sequences; validation and test take the sequences right after them). The
+    guidance mode is checked first, before the corpus is read (`check_guidance_mode`)."""
+    check_guidance_mode(hparams)
     corpus = MMapTokens(hparams["data_prefix"])
     sizes = {
         "train": hparams["max_train_samples"],
@@ -105,19 +119,11 @@ def run(hparams: dict, run_opts, datasets: dict[str, TokenSequences]) -> CausalL
     """Fit on the segmented stream over train (valid perplexity picks the best checkpoint), test that
     checkpoint, then export the best student in Hugging Face format to `export_folder` (with the
     tokenizer)."""
-    mode = hparams.get("guidance_mode", "unguided")
-    if mode not in LM_MODES:
-        raise RecipeError(
-            f"guidance_mode={mode} does not apply to causal language modelling. Trajectory and waypoint "
-            "guidance follow a teacher being fine-tuned on the task; here the teacher is the already "
-            f"pretrained model, so use one of {', '.join(LM_MODES)} (target: the pretrained model is the "
-            "target)"
-        )
     brain = CausalLMBrain(
         modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
     )
     stream = segmented_stream(hparams, datasets["train"], brain.grad_accumulation_factor)
-    brain.fit_sets(datasets["train"], datasets["valid"], batch_sampler=stream)
+    brain.fit_datasets(datasets["train"], datasets["valid"], batch_sampler=stream)
     brain.test_best(datasets["test"])
     if if_main_process():
         brain.student.model.save_pretrained(hparams["export_folder"])

@@ -210,6 +210,6 @@ def run(hparams: dict, run_opts, datasets: dict, units: CharUnits | PieceUnits) 
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    brain.fit_sets(datasets["train"], datasets["dev"])
+    brain.fit_datasets(datasets["train"], datasets["dev"])
     brain.test_best(datasets["test"])
     return brain

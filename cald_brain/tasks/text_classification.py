@@ -184,6 +184,6 @@ def run(hparams: dict[str, Any], run_opts: Any, datasets: dict, task: TextTask) 
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    brain.fit_sets(datasets["train"], datasets[task.dev_splits[0]])
+    brain.fit_datasets(datasets["train"], datasets[task.dev_splits[0]])
     brain.evaluate_splits(datasets)
     return brain
