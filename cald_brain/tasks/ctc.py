@@ -171,8 +171,8 @@ def build_units(hparams: dict) -> CharUnits | PieceUnits:
 def build_datasets(hparams: dict, units: CharUnits | PieceUnits) -> dict:
     """Train/dev/test DynamicItemDatasets from `<save_folder>/{train,dev,test}.csv` (columns ID, duration,
     wav, start, stop, wrd; `wav` relative to `$data_root`), reading audio segments by time and the units of
-    `wrd`. The train set
-    keeps every segment unless `avoid_if_longer_than` (seconds) is set; dev/test are sorted by duration."""
+    `wrd`. The train set keeps every segment unless `avoid_if_longer_than` (seconds) is set; dev/test are
+    sorted by duration."""
     datasets = {}
     for split in ("train", "dev", "test"):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(
