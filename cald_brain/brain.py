@@ -1,15 +1,20 @@
 """CALDBrain: a speechbrain.Brain that trains a student with task loss + cross-architecture layerwise
 distillation, following a guidance schedule (unguided / target / trajectory / waypoint / hybrid).
 
-Recipes implement `forward_model` (run one network), `task_loss` and optionally `update_metrics` and
-`prepare_batch`; CALDBrain owns the train/eval steps, the teacher, the objective, optimizer stepping,
-non-finite handling, waypoint snapshots and the checkpointing of all of it (random number generators
-included, so a resumed run continues exactly), and stops cleanly on SIGUSR1. See docs/ENGINE.md.
+Task brains (cald_brain.tasks) implement `forward_model` (run one network), `task_loss`, and for evaluation
+`update_metrics` and `stage_metrics` with the `best_key` that picks the best checkpoint; CALDBrain owns the
+train loader, the train/eval steps, the teacher, the objective, optimizer and scheduler stepping (with
+`total_steps` bound), non-finite handling, waypoint snapshots (by steps or epochs), the end-of-stage logging
+and checkpointing of all of it (random number generators included, so a resumed run continues exactly), and
+stops cleanly on SIGUSR1. See docs/ENGINE.md.
 """
 
+import inspect
+import json
 import logging
 import math
-from dataclasses import dataclass
+import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,6 @@ from speechbrain.utils.distributed import if_main_process
 from torch.utils.data import DataLoader
 
 from cald_brain.checkpoints import RandomStates
-from cald_brain.data.sampling import DurationBatchSampler
 from cald_brain.distill.guidance import Guidance, StepPlan, config_from_hparams
 from cald_brain.distill.losses import (
     DistillLossConfig,
@@ -33,26 +37,12 @@ from cald_brain.distill.losses import (
 )
 from cald_brain.distill.snapshots import SNAPSHOT_DIRNAME, save_snapshot
 from cald_brain.distill.teachers import Teacher
+from cald_brain.models.outputs import ModelOutputs
 from cald_brain.optim import NO_DECAY_MODULES, param_groups
 from cald_brain.recipe import RecipeError
 from cald_brain.run_control import RUN_OPTION_TYPES, StoppedOnSignal, StopRequest, check_run_options
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelOutputs:
-    """What one network (student or teacher) produced for a batch.
-
-    logits: (B, T, V) frame-level (CTC, LM) or (B, C) per item (classifier).
-    hidden_states: HF `output_hidden_states` style; index 0 = embeddings / feature projection,
-        index i = output of block i; each (B, T, D).
-    mask: (B, T) bool, True = valid frame of the hidden states (and of frame-level logits); None = no padding.
-    """
-
-    logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...]
-    mask: torch.Tensor | None = None
 
 
 def move_to_device(batch: Any, device: str | torch.device) -> Any:
@@ -65,6 +55,50 @@ def move_to_device(batch: Any, device: str | torch.device) -> Any:
     if hasattr(batch, "to"):
         return batch.to(device)
     return batch
+
+
+def with_total_steps(scheduler_class: Any, total: int | None) -> Any:
+    """`scheduler_class` with `total_steps=total` bound when it takes a `total_steps` argument the YAML left
+    out (WarmupLinearDecay); otherwise unchanged."""
+    if scheduler_class is None:
+        return None
+    parameter = inspect.signature(scheduler_class).parameters.get("total_steps")
+    if parameter is None or parameter.default is not inspect.Parameter.empty:
+        return scheduler_class
+    if total is None:
+        raise RecipeError("the lr scheduler needs total_steps: set number_of_epochs or optimizer_step_limit")
+    return partial(scheduler_class, total_steps=total)
+
+
+def train_loader_kwargs(hparams: dict[str, Any], train_set: Any, batch_sampler: Any = None) -> dict[str, Any]:
+    """The train loader's options, the same way for every task: `train_dataloader_opts`, plus a batch sampler
+    when the batches do not come from the loader's batch_size: `batch_sampler` as given (a task that builds
+    its own), else the one the hparams' `train_sampler` (a callable, YAML `!name:`) builds over `train_set`.
+    With a batch sampler, `train_dataloader_opts` must not size or order the batches.
+
+    A batch sampler with `shards_itself = True` goes to the DataLoader as it is, also under DDP, and its
+    `set_epoch(epoch)` is called every epoch (`CALDBrain._train_loader_specifics`)."""
+    opts = dict(hparams["train_dataloader_opts"])
+    if batch_sampler is None and hparams.get("train_sampler") is not None:
+        batch_sampler = hparams["train_sampler"](train_set)
+    if batch_sampler is None:
+        return opts
+    clashing = sorted({"batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"} & set(opts))
+    if clashing:
+        raise RecipeError(
+            f"train_dataloader_opts sets {', '.join(clashing)}, but the training batches come from a batch "
+            "sampler (train_sampler): remove them and size the batches with the sampler's keys and "
+            "grad_accumulation_factor"
+        )
+    return {**opts, "batch_sampler": batch_sampler}
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """`value` as indented JSON, written atomically (tmp + rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
 
 
 class TermAverages:
@@ -111,6 +145,7 @@ class CALDBrain(sb.Brain):
         self.guidance = Guidance.from_hparams(hparams)
         self.loss_config = config_from_hparams(DistillLossConfig, hparams)
         self.snapshot_every_steps = int(hparams.get("snapshot_every_steps") or 0)
+        self.snapshot_every_epoch = bool(hparams.get("snapshot_every_epoch", False))
         self.snapshot_folder = hparams.get("snapshot_folder")
         self.lr_scheduler_class = hparams.get("lr_scheduler")
         self.lr_by_prefix = hparams.get("lr_by_prefix")
@@ -147,18 +182,37 @@ class CALDBrain(sb.Brain):
         for key, value in typed.items():
             setattr(self, key, value)
 
-    # --- recipe hooks ---------------------------------------------------------------------------------------
+    # --- task hooks -----------------------------------------------------------------------------------------
+
+    best_key: str = ""  # the stage_metrics key (VALID) that picks the best checkpoint
+    best_is_max: bool = False  # True: the highest best_key is best (accuracy); False: the lowest (error rate)
 
     def forward_model(self, model: torch.nn.Module, batch: Any, stage: sb.Stage) -> ModelOutputs:
-        """Run one network (the student, or the teacher) on `batch`. Must be implemented by the recipe."""
-        raise NotImplementedError("the recipe's CALDBrain subclass must implement forward_model()")
+        """Run one network (the student, or the teacher) on `batch`. Must be implemented by the task."""
+        raise NotImplementedError("the task's CALDBrain subclass must implement forward_model()")
 
     def task_loss(self, outputs: ModelOutputs, batch: Any, stage: sb.Stage) -> torch.Tensor:
-        """Task loss (CTC, CE, ...) of one network's outputs. Must be implemented by the recipe."""
-        raise NotImplementedError("the recipe's CALDBrain subclass must implement task_loss()")
+        """Task loss (CTC, CE, ...) of one network's outputs. Must be implemented by the task."""
+        raise NotImplementedError("the task's CALDBrain subclass must implement task_loss()")
 
     def update_metrics(self, outputs: ModelOutputs, batch: Any, stage: sb.Stage) -> None:
         """Add the student's predictions to the stage metrics (VALID/TEST only). Optional."""
+
+    def stage_metrics(self, stage: sb.Stage) -> dict[str, float]:
+        """The task's metrics of the VALID/TEST stage that ends, from what `update_metrics` gathered; they
+        are logged after the loss. Optional."""
+        return {}
+
+    def checkpoint_meta(self, metrics: dict[str, float]) -> dict[str, float]:
+        """What a validation checkpoint records (`best_key` must be one of its keys): the metrics."""
+        return metrics
+
+    def test_results(self, stats: dict[str, float]) -> dict[str, Any]:
+        """What `test_metrics_file` holds after a test stage (`stats`: the loss, then the metrics)."""
+        return {key: value for key, value in stats.items() if key != "loss"}
+
+    def write_test_files(self) -> None:
+        """More files a test stage writes (main process only), e.g. per-item predictions. Optional."""
 
     def prepare_batch(self, batch: Any, stage: sb.Stage) -> Any:
         """Move the batch to the device. Override (calling super) to add data augmentation: the result is fed
@@ -176,32 +230,74 @@ class CALDBrain(sb.Brain):
             stats["skipped_steps"] = self.skipped_steps
         return stats
 
-    def log_validation(
-        self, epoch: int, stage_stats: dict, meta: dict, extra_meta: dict | None = None, **best_keys
-    ) -> None:
-        """End of a validation: log the epoch's train and valid stats (`extra_meta` after epoch and steps),
-        then checkpoint with `meta` and keep the `checkpoints_to_keep` best by `best_keys` (SpeechBrain's
-        `min_keys=[...]` / `max_keys=[...]`)."""
-        self.hparams.train_logger.log_stats(
-            stats_meta={"epoch": epoch, "steps": self.optimizer_step, **(extra_meta or {})},
-            train_stats=self.train_stats,
-            valid_stats=stage_stats,
-        )
-        self.checkpointer.save_and_keep_only(
-            meta=meta, num_to_keep=self.hparams.checkpoints_to_keep, **best_keys
-        )
+    def valid_log_meta(self) -> dict[str, Any]:
+        """Logged after epoch and steps at each validation (e.g. the learning rate). Optional."""
+        return {}
 
-    def log_test(self, stage_stats: dict, **stats_meta) -> None:
-        """End of a test: log its stats with the epoch of the checkpoint loaded for it."""
-        self.hparams.train_logger.log_stats(
-            stats_meta={"Epoch loaded": self.hparams.epoch_counter.current, **stats_meta},
-            test_stats=stage_stats,
-        )
+    def test_log_meta(self) -> dict[str, Any]:
+        """Logged after the loaded checkpoint's epoch at each test (e.g. the split's name). Optional."""
+        return {}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Default: keep the train stats for the recipe's VALID logging."""
+        """End of a stage. TRAIN: keep its stats for the validation log (and write the epoch's snapshot with
+        `snapshot_every_epoch`). VALID: log train and valid stats, checkpoint with `checkpoint_meta` and keep
+        the `checkpoints_to_keep` best by `best_key`. TEST: log, write `test_metrics_file` and the task's
+        test files."""
+        stats = self.stage_stats(stage, stage_loss)
         if stage == sb.Stage.TRAIN:
-            self.train_stats = self.stage_stats(stage, stage_loss)
+            self.train_stats = stats
+            if self.snapshot_every_epoch:
+                self._save_snapshot("Epoch waypoint")
+            return
+        metrics = self.stage_metrics(stage)
+        stats.update(metrics)
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "steps": self.optimizer_step, **self.valid_log_meta()},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta=self.checkpoint_meta(metrics),
+                num_to_keep=self.hparams.checkpoints_to_keep,
+                **{"max_keys" if self.best_is_max else "min_keys": [self.best_key]},
+            )
+            return
+        self.hparams.train_logger.log_stats(
+            stats_meta={"Epoch loaded": self.hparams.epoch_counter.current, **self.test_log_meta()},
+            test_stats=stats,
+        )
+        if if_main_process():
+            write_json(self.hparams.test_metrics_file, self.test_results(stats))
+            self.write_test_files()
+
+    # --- fit and test -----------------------------------------------------------------------------------
+
+    def fit_datasets(self, train_set: Any, valid_set: Any, batch_sampler: Any = None) -> None:
+        """`fit` over the hparams' `epoch_counter`, the train loader as `train_loader_kwargs` builds it (with
+        `batch_sampler` if the task builds one) and `valid_dataloader_opts`. A batch sampler with an `epochs`
+        attribute (SegmentedBatches: its segments) decides the run's number of epochs: the epoch counter's
+        limit is set to it here (the YAML cannot know it: it depends on the grad_accumulation_factor run
+        option)."""
+        loader_kwargs = train_loader_kwargs(vars(self.hparams), train_set, batch_sampler)
+        epochs = getattr(loader_kwargs.get("batch_sampler"), "epochs", None)
+        if epochs is not None:
+            self.hparams.epoch_counter.limit = epochs
+        self.fit(
+            self.hparams.epoch_counter,
+            train_set,
+            valid_set,
+            train_loader_kwargs=loader_kwargs,
+            valid_loader_kwargs=self.hparams.valid_dataloader_opts,
+        )
+
+    def test_best(self, test_set: Any) -> None:
+        """Evaluate the best checkpoint (by `best_key`) on `test_set` with `test_dataloader_opts`."""
+        self.evaluate(
+            test_set,
+            **{"max_key" if self.best_is_max else "min_key": self.best_key},
+            test_loader_kwargs=self.hparams.test_dataloader_opts,
+        )
 
     # --- start-up -------------------------------------------------------------------------------------------
 
@@ -225,6 +321,8 @@ class CALDBrain(sb.Brain):
         )
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's loader; the train loader draws its workers' seeds from `loader_generator` (re-seeded
+        every epoch in `_fit_train`) and is remembered to size the run (`total_optimizer_steps`)."""
         if stage == sb.Stage.TRAIN:
             loader_kwargs.setdefault("generator", self.loader_generator)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
@@ -233,10 +331,11 @@ class CALDBrain(sb.Brain):
         return loader
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
-        """A DurationBatchSampler goes to the DataLoader as it is: it shards itself under DDP (SpeechBrain's
-        DistributedSamplerWrapper needs a length fixed at construction, which the curriculum changes), and it
-        becomes `train_sampler` so that SpeechBrain calls its `set_epoch` every epoch (also without DDP)."""
-        if isinstance(loader_kwargs.get("batch_sampler"), DurationBatchSampler):
+        """Overrides SpeechBrain's hook for batch samplers with `shards_itself = True` (DurationBatchSampler,
+        SegmentedBatches): such a sampler goes to the DataLoader as it is, also under DDP (SpeechBrain would
+        wrap it in a DistributedSamplerWrapper, which needs a length fixed at construction and reorders), and
+        becomes `train_sampler`, so that SpeechBrain calls its `set_epoch` every epoch (also without DDP)."""
+        if getattr(loader_kwargs.get("batch_sampler"), "shards_itself", False):
             self.train_sampler = loader_kwargs["batch_sampler"]
             return loader_kwargs
         return super()._train_loader_specifics(dataset, loader_kwargs)
@@ -267,14 +366,19 @@ class CALDBrain(sb.Brain):
         return limit * (len(self._train_loader) // self.grad_accumulation_factor)
 
     def on_fit_start(self):
-        """Build the teacher, register every stateful object, initialise the student from the teacher if
+        """Bind the run's planned optimizer steps into schedulers that need them (`with_total_steps`), build
+        the teacher, register every stateful object, initialise the student from the teacher if
         asked (fresh runs only), then SpeechBrain's start (compile, DDP, optimizers, recovery), then load the
         teacher weights for the recovered step."""
-        self.guidance.setup(self.device, self.total_optimizer_steps(), self.scaler.is_enabled())
+        total = self.total_optimizer_steps()
+        self.lr_scheduler_class = with_total_steps(self.lr_scheduler_class, total)
+        config = self.guidance.config
+        config.teacher_lr_scheduler = with_total_steps(config.teacher_lr_scheduler, total)
+        self.guidance.setup(self.device, total, self.scaler.is_enabled())
         if self.checkpointer is not None:
             for name, obj in self.guidance.recoverables().items():
                 self.checkpointer.add_recoverable(name, obj)
-        if self.snapshot_every_steps > 0:
+        if self.snapshot_every_steps > 0 or self.snapshot_every_epoch:
             self.snapshot_folder = self._resolve_snapshot_folder()
         init_state = self.guidance.student_init_state()
         fresh = self.checkpointer is None or self.checkpointer.find_checkpoint() is None
@@ -318,7 +422,8 @@ class CALDBrain(sb.Brain):
             return Path(self.snapshot_folder)
         if self.checkpointer is None:
             raise ValueError(
-                "snapshot_every_steps > 0 needs snapshot_folder or a checkpointer (its folder is used)"
+                "snapshot_every_steps > 0 or snapshot_every_epoch needs snapshot_folder or a checkpointer "
+                "(its folder is used)"
             )
         return Path(self.checkpointer.checkpoints_dir) / SNAPSHOT_DIRNAME
 
@@ -417,7 +522,7 @@ class CALDBrain(sb.Brain):
                 kd = logit_distillation_loss(
                     student.logits,
                     teacher.logits,
-                    student.mask if student.logits.dim() == 3 else None,
+                    student.mask if student.frame_level else None,
                     cfg.kd_temperature,
                     cfg.kd_temperature_squared,
                     cfg.loss_reduction,
@@ -534,10 +639,10 @@ class CALDBrain(sb.Brain):
                 "--nonfinite_patience. Wrap fit() in torch.autograd.detect_anomaly() to find the source."
             )
 
-    def _save_snapshot(self) -> None:
+    def _save_snapshot(self, what: str = "Waypoint") -> None:
         if if_main_process():
             path = save_snapshot(self.student.state_dict(), self.snapshot_folder, self.optimizer_step)
-            logger.info(f"Waypoint snapshot written: {path}")
+            logger.info(f"{what} snapshot written: {path}")
 
     # --- eval step ------------------------------------------------------------------------------------------
 
@@ -563,6 +668,8 @@ class CALDBrain(sb.Brain):
 
     @mark_as_saver
     def _save(self, path):
+        """SpeechBrain's brain state plus the non-finite counters and the epoch's running term averages, so
+        a resumed run logs the same averages."""
         state = {
             "step": self.step,
             "avg_train_loss": self.avg_train_loss,
@@ -576,6 +683,7 @@ class CALDBrain(sb.Brain):
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch):
+        """Counterpart of `_save` (checkpoints without the added keys load with their defaults)."""
         super()._recover(path, end_of_epoch)
         with open(path, encoding="utf-8") as f:
             state = yaml.safe_load(f)

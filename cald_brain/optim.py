@@ -139,7 +139,7 @@ class WarmupLinearDecay(torch.optim.lr_scheduler.LRScheduler):
     per-task warm-ups (1964 / 6823 / 1263 / 469 for QNLI / QQP / SST-2 / IMDB) are 6 % of 10 epochs at batch
     32. `total_steps` depends on the data, so a recipe usually leaves it out of the YAML
     (`!name:cald_brain.optim.WarmupLinearDecay {warmup_fraction: 0.06}`) and binds it once the train loader
-    exists (cald_brain.text_classification does).
+    exists (CALDBrain.on_fit_start does).
     """
 
     def __init__(

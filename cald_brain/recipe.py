@@ -12,7 +12,7 @@ import dataclasses
 import os
 import sys
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import speechbrain as sb
@@ -220,6 +220,25 @@ def lock_output_folder(folder: str) -> RunLock | None:
     return lock
 
 
+def with_derived(
+    hparams_file: str, overrides: str | dict | None, derive: Callable[[dict], dict]
+) -> str | dict | None:
+    """The command-line overrides plus the values `derive` computes from them (e.g. GLUE's num_labels from
+    --task), for the keys the hparams file has, so the YAML's references see them when it loads. Passing a
+    derived key on the command line with another value is a RecipeError."""
+    given = (YAML(typ="safe", pure=True).load(overrides) if isinstance(overrides, str) else overrides) or {}
+    with open(hparams_file, encoding="utf-8") as fin:
+        keys = set(YAML(typ="rt").load(fin) or {})
+    derived = {key: value for key, value in derive(given).items() if key in keys}
+    for key, value in derived.items():
+        if key in given and given[key] != value:
+            raise RecipeError(
+                f"--{key}={given[key]}: this recipe derives {key} from the command line ({key}={value} "
+                f"here, for {hparams_file}); leave --{key} out"
+            )
+    return {**given, **derived} if derived else overrides
+
+
 def check_output_folder(folder: str, hparams_file: str, overrides: str | dict | None) -> None:
     """The output folder must hold this run's kind of results (`check_run_identity`), and the teacher run
     must have been trained for this task (`check_teacher_identity`); rank 0 only."""
@@ -234,16 +253,22 @@ def check_output_folder(folder: str, hparams_file: str, overrides: str | dict | 
         raise RecipeError(str(err)) from err
 
 
-def start_recipe(recipe_dir: str, argv: list[str] | None = None) -> tuple[dict[str, Any], Any, str]:
+def start_recipe(
+    recipe_dir: str, argv: list[str] | None = None, derive: Callable[[dict], dict] | None = None
+) -> tuple[dict[str, Any], Any, str]:
     """Parse and type-check the command line, join the DDP group, load the hparams, lock the output folder
     (one run at a time), check that it holds this kind of run (task, guidance mode, model, data), handle
-    SIGUSR1 and SIGTERM (checkpoint and stop) and create the experiment folder.
+    SIGUSR1 and SIGTERM (checkpoint and stop) and create the experiment folder. `derive`
+    maps the command line's `--key=value` overrides to more overrides the recipe computes from them (see
+    `with_derived`).
 
     Returns (hparams, run_opts, hparams_file).
     """
     StopRequest.install()
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
     hparams_file = resolve_hparams_path(hparams_file, recipe_dir)
+    if derive is not None:
+        overrides = with_derived(hparams_file, overrides, derive)
     run_opts = cpu_distributed_backend(typed_run_options(run_opts))
     check_override_types(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)

@@ -9,8 +9,9 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from cald_brain.brain import CALDBrain, ModelOutputs
+from cald_brain.brain import CALDBrain
 from cald_brain.mixers.masking import lengths_to_mask
+from cald_brain.models.outputs import ModelOutputs
 
 N_IN, WIDTH, N_OUT = 6, 16, 5
 torch.set_num_threads(

@@ -116,10 +116,15 @@ def ctc_units(save: Path, doc: dict, size: int) -> CTCUnits:
 
 
 def text_labels(doc: dict) -> list[str] | None:
-    """Class names of a text task (GLUE --task, else IMDB); None for regression."""
-    from cald_brain.text_classification import GLUE_TASKS, IMDB_TASK
+    """Class names of a text task, from its recipe's task table (GLUE --task, else IMDB); None for
+    regression."""
+    from cald_brain.scripts import load_recipe_module
 
-    task = GLUE_TASKS.get(str(doc.get("task")), IMDB_TASK)
+    repo = Path(__file__).resolve().parents[1]
+    if doc.get("task") is not None:
+        task = load_recipe_module(repo / "nlp" / "GLUE", "tasks").glue_task(str(doc["task"]))
+    else:
+        task = load_recipe_module(repo / "nlp" / "IMDB", "tasks").IMDB_TASK
     return None if task.labels is None else list(task.labels)
 
 

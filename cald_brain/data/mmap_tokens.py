@@ -290,6 +290,8 @@ class SegmentedBatches(Sampler[list[int]]):
     segments together replay the stream exactly once, in order; the last one may be shorter.
     """
 
+    shards_itself = True  # CALDBrain's batch-sampler protocol: used unwrapped, set_epoch called every epoch
+
     def __init__(
         self,
         num_items: int,
@@ -316,6 +318,11 @@ class SegmentedBatches(Sampler[list[int]]):
         self.batches_per_segment = batches_per_segment
         self.segments = math.ceil(self.rank_batches / batches_per_segment)
         self.segment = 0
+
+    @property
+    def epochs(self) -> int:
+        """SpeechBrain epochs of the stream: its segments (CALDBrain's batch-sampler protocol)."""
+        return self.segments
 
     def set_epoch(self, epoch: int) -> None:
         """Select the segment of SpeechBrain epoch `epoch` (counted from 1)."""

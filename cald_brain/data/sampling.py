@@ -50,8 +50,10 @@ class DurationBatchSampler(Sampler[list[int]]):
     Epochs count from 1 (SpeechBrain's EpochCounter); `set_epoch(e)` selects epoch e and a finished iteration
     moves to the next epoch. Under DDP (torch.distributed initialised) every rank plans the same epoch and
     takes every world_size-th batch (the plan is padded by repeating its first batches so that all ranks get
-    the same number); CALDBrain passes this sampler to the DataLoader unwrapped.
+    the same number); CALDBrain passes this sampler to the DataLoader unwrapped (`shards_itself`).
     """
+
+    shards_itself = True  # CALDBrain's batch-sampler protocol: used unwrapped, set_epoch called every epoch
 
     def __init__(
         self,

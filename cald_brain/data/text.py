@@ -19,8 +19,6 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from transformers import PreTrainedTokenizerBase
 
-from cald_brain.models.text import tokenize
-
 logger = logging.getLogger(__name__)
 
 
@@ -84,6 +82,26 @@ def manifest_dataset(path: str | Path, pair: bool) -> DynamicItemDataset:
     data = DynamicItemDataset(read_manifest(path))
     data.set_output_keys(["id", "text", "label"] + (["text_pair"] if pair else []))
     return data
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    pairs: list[str] | None = None,
+    max_length: int = 512,
+) -> dict[str, torch.Tensor]:
+    """A padded batch of single texts, or of (text, pair) items joined the tokenizer's way (separator and
+    token types): input_ids, attention_mask and, when the model uses them, token_type_ids."""
+    return dict(
+        tokenizer(
+            texts,
+            pairs,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+    )
 
 
 @dataclass

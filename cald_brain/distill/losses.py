@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cald_brain.models.outputs import is_frame_level
+
 NORMS = ("layernorm", "rmsnorm", "none")
 REDUCTIONS = ("frame", "utterance")
 DISTILL_SCALES = ("accumulation", "none")
@@ -140,20 +142,18 @@ def logit_distillation_loss(
         )
     if temperature <= 0:
         raise ValueError(f"kd_temperature must be > 0, got {temperature}")
-    frame_mask = mask if student_logits.dim() == 3 else None
+    if student_logits.dim() not in (2, 3):
+        raise ValueError(f"logits must be (B, C) or (B, T, V), got shape {tuple(student_logits.shape)}")
+    frame_level = is_frame_level(student_logits)
+    if not frame_level and mask is not None:
+        raise ValueError("per-item (B, C) logits take no frame mask")
+    frame_mask = mask if frame_level else None
     student_logits = zero_padding(student_logits.float(), frame_mask)
     teacher_logits = zero_padding(teacher_logits.detach().float(), frame_mask)
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
-    if kl.dim() == 1:
-        if mask is not None:
-            raise ValueError("per-item (B, C) logits take no frame mask")
-        loss = kl.mean()
-    elif kl.dim() == 2:
-        loss = reduce_frames(kl, mask, reduction)
-    else:
-        raise ValueError(f"logits must be (B, C) or (B, T, V), got shape {tuple(student_logits.shape)}")
+    loss = reduce_frames(kl, mask, reduction) if frame_level else kl.mean()
     return loss * temperature**2 if temperature_squared else loss
 
 

@@ -166,7 +166,7 @@ class TextClassifier(Interface):
 
     @torch.no_grad()
     def logits(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
-        from cald_brain.models.text import tokenize
+        from cald_brain.data.text import tokenize
 
         batch = tokenize(self.tokenizer, list(texts), None if pairs is None else list(pairs), self.max_length)
         return self.net(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()

@@ -14,17 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from cald_brain.brain import ModelOutputs
-
 from .loading import given_or_loaded
+from .outputs import ModelOutputs
 
 
-def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t + 1 from the logits at t, over valid targets only."""
+def next_token_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of predicting token t + 1 from the logits at t, over valid targets only (`reduction`
+    "mean" or "sum"): the one next-token loss of training, evaluation and tests. `logits` cover either all of
+    `input_ids` (the last position predicts nothing and is dropped) or their first T - 1 tokens (what the LM
+    task feeds the model); `mask` (B, T) marks the valid tokens of `input_ids` (None: all)."""
     targets = input_ids[:, 1:]
     if mask is not None:
         targets = targets.masked_fill(~mask[:, 1:].bool(), -100)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    logits = logits[:, : targets.shape[1]]
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction
+    )
 
 
 class CausalLM(nn.Module):

@@ -18,16 +18,15 @@ import os
 from typing import Any
 
 import torch
-from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
 from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel, PreTrainedModel
 
-from cald_brain.brain import ModelOutputs
 from cald_brain.convert import resolve_source
 from cald_brain.mixers.masking import lengths_to_mask
 
 from .layerdrop import install_layerdrop
 from .loading import given_or_loaded
+from .outputs import ModelOutputs
 
 POOLINGS = (None, "mean", "statistics", "attentive")
 
@@ -158,7 +157,13 @@ class Pooling(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {kind!r}")
         self.kind = kind
         self.out_dim = dim if kind == "mean" else 2 * dim
-        self.attention = AttentiveStatisticsPooling(dim, attention_channels) if kind == "attentive" else None
+        self.attention = None
+        if kind == "attentive":
+            # imported here: any `speechbrain.*` import loads SpeechBrain's trainer, which the model layer
+            # does not need otherwise
+            from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
+
+            self.attention = AttentiveStatisticsPooling(dim, attention_channels)
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(batch, frames, dim) and its (batch, frames) mask -> (batch, out_dim)."""

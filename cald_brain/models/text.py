@@ -9,7 +9,8 @@ for single sentences and sentence pairs.
         mixer_kwargs: {k: 256, max_len: 512}
         config_overrides: {hidden_dropout_prob: 0.1}
 
-Batches come from `tokenize` (one text, or a pair, per item), so the model and the data agree on the keys.
+Batches come from `cald_brain.data.text.tokenize` (one text, or a pair, per item), so the model and the
+data agree on the keys.
 """
 
 from typing import Any
@@ -23,35 +24,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from cald_brain.brain import ModelOutputs
 from cald_brain.convert import resolve_source
 
 from .loading import given_or_loaded
+from .outputs import ModelOutputs
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, by the same folder / hub-name rule as the model."""
     return AutoTokenizer.from_pretrained(resolve_source(source))
-
-
-def tokenize(
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    pairs: list[str] | None = None,
-    max_length: int = 512,
-) -> dict[str, torch.Tensor]:
-    """A padded batch of single texts, or of (text, pair) items joined the tokenizer's way (separator and
-    token types): input_ids, attention_mask and, when the model uses them, token_type_ids."""
-    return dict(
-        tokenizer(
-            texts,
-            pairs,
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-    )
 
 
 class TextClassifier(nn.Module):

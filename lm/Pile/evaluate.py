@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from cald_brain.convert import load_config, load_student
 from cald_brain.convert.core import CONVERSION_KEY
 from cald_brain.data.manifests import write_atomic
 from cald_brain.data.mmap_tokens import PILE_SEQ_LENGTH, MMapFormatError, TokenSequences, check_token_ids
+from cald_brain.models.causal_lm import next_token_loss
 from cald_brain.models.generation import generate
 
 REFERENCE_TASKS = "lambada_openai,piqa,winogrande,wsc273,arc_easy,arc_challenge,sciq,logiqa"
@@ -199,7 +199,7 @@ def perplexity(model: PreTrainedModel, data: TokenSequences, batch_size: int, de
         ids = torch.stack([data[i]["input_ids"] for i in range(start, min(start + batch_size, len(data)))])
         ids = ids.to(device)
         logits = model(input_ids=ids[:, :-1]).logits
-        nll += F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum").item()
+        nll += next_token_loss(logits, ids, reduction="sum").item()
         count += ids[:, 1:].numel()
     return math.exp(nll / count)
 

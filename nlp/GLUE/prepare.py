@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from cald_brain.data.text import prepared_with, read_tsv, write_manifests
-from cald_brain.text_classification import TextTask, glue_task
+from cald_brain.scripts import load_recipe_module
+from cald_brain.tasks.text_classification import TextTask
+
+glue_task = load_recipe_module(Path(__file__).parent, "tasks").glue_task
 
 logger = logging.getLogger(__name__)
 

@@ -5,60 +5,48 @@ teacher (hparams/linformer_*.yaml).
 
     python nlp/GLUE/train.py hparams/linformer_trajectory.yaml --task=qnli --data_folder=/path/glue_data/QNLI
 
-The task table (inputs, labels, metrics) and the classification brain live in
-cald_brain.text_classification; this file only wires the GLUE task folder to them.
+The task table (inputs, labels, metrics) is tasks.py beside this file; the classification brain and datasets
+are cald_brain.tasks.text_classification. This file only wires the GLUE task folder to them.
 """
 
 import os
-import sys
 
 from speechbrain.utils.distributed import run_on_main
 
 from cald_brain.recipe import RecipeError, start_recipe
 from cald_brain.scripts import load_recipe_module
-from cald_brain.text_classification import TextTask, fit_and_evaluate, glue_task, text_datasets
+from cald_brain.tasks import text_classification
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 prepare_glue = load_recipe_module(RECIPE_DIR, "prepare").prepare_glue
+glue_task = load_recipe_module(RECIPE_DIR, "tasks").glue_task
 
 
-def with_task_outputs(argv: list[str]) -> list[str]:
-    """The command line plus --num_labels for the task named by --task (unless given)."""
-    task = None
-    for i, arg in enumerate(argv):
-        if arg.startswith("--task="):
-            task = arg.split("=", 1)[1]
-        elif arg == "--task" and i + 1 < len(argv):
-            task = argv[i + 1]
-    if task is None or any(arg.startswith("--num_labels") for arg in argv):
-        return argv
-    return [*argv, f"--num_labels={glue_task(task).num_labels}"]
+def derived_from_task(overrides: dict) -> dict:
+    """What --task decides before the hparams load: `num_labels` (the head's outputs) and
+    `task_switch_step` (the reference's hybrid switch, linformer_hybrid.yaml's default distill_until_step)."""
+    if "task" not in overrides:
+        return {}  # the YAML's task: !PLACEHOLDER then asks for it
+    task = glue_task(str(overrides["task"]))
+    return {"num_labels": task.num_labels, "task_switch_step": task.hybrid_switch_step}
 
 
-def resolve_hybrid_switch(hparams: dict, task: TextTask) -> None:
-    """Hybrid runs with `distill_until_step: null` (and no fraction) switch at the reference's step for the
-    task (QNLI 10,000, QQP 40,000, SST-2 5,000); other tasks must say when."""
+def check_hybrid_switch(hparams: dict, task_name: str) -> None:
+    """A hybrid run must know when distillation stops: the reference's step for the task (derived), or the
+    user's --distill_until_step / --distill_until_fraction."""
     if hparams.get("guidance_mode") != "hybrid":
         return
-    if hparams.get("distill_until_step") is not None or hparams.get("distill_until_fraction") is not None:
-        return
-    if task.hybrid_switch_step is None:
+    if hparams.get("distill_until_step") is None and hparams.get("distill_until_fraction") is None:
         raise RecipeError(
-            f"the reference gives no hybrid switch for --task={task.name}: set --distill_until_step "
+            f"the reference gives no hybrid switch for --task={task_name}: set --distill_until_step "
             "(optimizer steps) or --distill_until_fraction"
         )
-    hparams["distill_until_step"] = task.hybrid_switch_step
 
 
 def main() -> None:
-    hparams, run_opts, _ = start_recipe(RECIPE_DIR, with_task_outputs(sys.argv[1:]))
+    hparams, run_opts, _ = start_recipe(RECIPE_DIR, derive=derived_from_task)
     task = glue_task(hparams["task"])
-    if hparams["num_labels"] != task.num_labels:
-        raise RecipeError(
-            f"num_labels is {hparams['num_labels']} but --task={task.name} has {task.num_labels} "
-            f"output(s): pass --num_labels={task.num_labels}"
-        )
-    resolve_hybrid_switch(hparams, task)
+    check_hybrid_switch(hparams, task.name)
     run_on_main(
         prepare_glue,
         kwargs={
@@ -68,8 +56,8 @@ def main() -> None:
             "skip_prep": hparams["skip_prep"],
         },
     )
-    datasets = text_datasets(hparams, task, ("train", *task.dev_splits))
-    fit_and_evaluate(hparams, run_opts, task, datasets)
+    datasets = text_classification.build_datasets(hparams, task)
+    text_classification.run(hparams, run_opts, datasets, task)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from cald_brain.data.text import prepared_with, write_manifests
-from cald_brain.text_classification import IMDB_TASK
+from cald_brain.scripts import load_recipe_module
+
+IMDB_TASK = load_recipe_module(Path(__file__).parent, "tasks").IMDB_TASK
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ teacher (hparams/linformer_*.yaml).
 
     python nlp/IMDB/train.py hparams/linformer_target.yaml --data_folder=/path/aclImdb
 
-The classification brain lives in cald_brain.text_classification; this file only wires the aclImdb tree to
-it. The best checkpoint is chosen on the held-out dev split; dev and test accuracy are reported.
+The task (tasks.py beside this file) says the labels and splits; the classification brain and datasets are
+cald_brain.tasks.text_classification. This file only wires the aclImdb tree to them. The best checkpoint is
+chosen on the held-out dev split; dev and test accuracy are reported.
 """
 
 import os
@@ -15,10 +16,11 @@ from speechbrain.utils.distributed import run_on_main
 
 from cald_brain.recipe import start_recipe
 from cald_brain.scripts import load_recipe_module
-from cald_brain.text_classification import IMDB_TASK, fit_and_evaluate, text_datasets
+from cald_brain.tasks import text_classification
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 prepare_imdb = load_recipe_module(RECIPE_DIR, "prepare").prepare_imdb
+IMDB_TASK = load_recipe_module(RECIPE_DIR, "tasks").IMDB_TASK
 
 
 def main() -> None:
@@ -33,8 +35,8 @@ def main() -> None:
             "skip_prep": hparams["skip_prep"],
         },
     )
-    datasets = text_datasets(hparams, IMDB_TASK, ("train", "dev", "test"))
-    fit_and_evaluate(hparams, run_opts, IMDB_TASK, datasets)
+    datasets = text_classification.build_datasets(hparams, IMDB_TASK)
+    text_classification.run(hparams, run_opts, datasets, IMDB_TASK)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ itself (the teacher run, hparams/wav2vec2_ic.yaml) or its BiMamba2 conversion (h
 
     python recipes/SLURP/train.py hparams/bimamba2_trajectory.yaml --data_folder=/path/SLURP
 
-The label is the intent, scenario_action (recipes/SLURP/prepare.py). Everything else (classifier brain,
-accuracy, predictions file, CALD) lives in cald_brain; this file only wires the SLURP manifests.
+The label is the intent, scenario_action (recipes/SLURP/prepare.py). The task (classifier brain,
+accuracy, predictions file) is cald_brain.tasks.utterance_classification; this file only wires the SLURP
+manifests and their label rules to it.
 """
 
 import os
@@ -13,9 +14,9 @@ import os
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from cald_brain.classification import check_num_classes, classification_datasets, train_and_test
 from cald_brain.recipe import start_recipe
 from cald_brain.scripts import load_recipe_module
+from cald_brain.tasks import utterance_classification as task
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 prepare = load_recipe_module(RECIPE_DIR, "prepare")
@@ -25,7 +26,7 @@ prepare = load_recipe_module(RECIPE_DIR, "prepare")
 @sb.utils.data_pipeline.provides("loss_units")
 def transcript_characters(transcript: str) -> int:
     """Loss units of a recording: its transcript's characters, the reference's divisor (see
-    cald_brain.classification.cross_entropy_per_unit)."""
+    cald_brain.tasks.utterance_classification.cross_entropy_per_unit)."""
     return max(len(transcript), 1)
 
 
@@ -40,10 +41,10 @@ def main() -> None:
         },
     )
     label_file = os.path.join(hparams["save_folder"], prepare.LABEL_FILE)
-    datasets, labels = classification_datasets(hparams, "intent", label_file, transcript_characters)
-    check_num_classes(labels, hparams["num_outputs"], "num_outputs", label_file)
+    datasets, labels = task.build_datasets(hparams, "intent", label_file, transcript_characters)
+    task.check_num_classes(labels, hparams["num_outputs"], "num_outputs", label_file)
 
-    train_and_test(hparams, run_opts, datasets, labels)
+    task.run(hparams, run_opts, datasets, labels)
 
 
 if __name__ == "__main__":

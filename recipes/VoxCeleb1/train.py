@@ -6,8 +6,8 @@ the transformer itself (the teacher run, hparams/wav2vec2_sid.yaml) or its BiMam
     python recipes/VoxCeleb1/train.py hparams/bimamba2_trajectory.yaml --data_folder=/path/VoxCeleb1
 
 Training reads random crops of at most `train_crop_seconds` (SUPERB: 8 s), evaluation whole utterances.
-Everything else (classifier brain, accuracy, predictions file, CALD) lives in cald_brain; this file only wires
-the VoxCeleb1 manifests.
+The task (classifier brain, accuracy, predictions file) is cald_brain.tasks.utterance_classification; this
+file only wires the VoxCeleb1 manifests and their label rules to it.
 """
 
 import os
@@ -16,10 +16,10 @@ from collections.abc import Callable
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from cald_brain.classification import check_num_classes, classification_datasets, train_and_test
 from cald_brain.data.crops import crop_pipeline
 from cald_brain.recipe import start_recipe
 from cald_brain.scripts import load_recipe_module
+from cald_brain.tasks import utterance_classification as task
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 prepare = load_recipe_module(RECIPE_DIR, "prepare")
@@ -27,7 +27,7 @@ prepare = load_recipe_module(RECIPE_DIR, "prepare")
 
 def constant_units(units: float) -> Callable:
     """Loss units per utterance: a constant (the reference's placeholder label "123" counts 3; see
-    cald_brain.classification.cross_entropy_per_unit)."""
+    cald_brain.tasks.utterance_classification.cross_entropy_per_unit)."""
 
     @sb.utils.data_pipeline.takes("spk_id")
     @sb.utils.data_pipeline.provides("loss_units")
@@ -49,16 +49,16 @@ def main() -> None:
         },
     )
     label_file = os.path.join(hparams["save_folder"], prepare.LABEL_FILE)
-    datasets, labels = classification_datasets(
+    datasets, labels = task.build_datasets(
         hparams,
         "spk_id",
         label_file,
         constant_units(hparams["loss_units_per_utterance"]),
         train_items=[crop_pipeline(hparams["train_crop_seconds"], hparams["sample_rate"])],
     )
-    check_num_classes(labels, hparams["num_outputs"], "num_outputs", label_file)
+    task.check_num_classes(labels, hparams["num_outputs"], "num_outputs", label_file)
 
-    train_and_test(hparams, run_opts, datasets, labels)
+    task.run(hparams, run_opts, datasets, labels)
 
 
 if __name__ == "__main__":

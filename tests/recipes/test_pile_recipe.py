@@ -15,6 +15,7 @@ from conftest import ROOT, SAMPLES, load_repo_script
 from cald_brain.data.mmap_tokens import MMapTokens, SegmentedBatches, TokenSequences, write_mmap_tokens
 from cald_brain.optim import param_groups
 from cald_brain.recipe import RecipeError, load_hparams
+from cald_brain.tasks import causal_lm
 
 HPARAMS = ROOT / "lm" / "Pile" / "hparams"
 SAMPLE = {
@@ -105,12 +106,11 @@ def test_segment_loader_resumes_at_the_same_sample(tmp_path):
 
 
 def test_valid_every_n_steps_must_be_positive():
-    train = load_repo_script("lm/Pile/train.py", "pile_train")
     data = TokenSequences(SAMPLES / "pile_mini" / "document", 0, 8, seq_length=129)
     hparams = {"valid_every_n_steps": 0, "batch_size": 2, "number_of_epochs": 1}
     with pytest.raises(RecipeError, match="valid_every_n_steps must be a positive number"):
-        train.segmented_stream(hparams, data, 1)
-    stream = train.segmented_stream({**hparams, "valid_every_n_steps": 2}, data, 1)
+        causal_lm.segmented_stream(hparams, data, 1)
+    stream = causal_lm.segmented_stream({**hparams, "valid_every_n_steps": 2}, data, 1)
     assert (stream.segments, stream.optimizer_steps(1)) == (2, 4)
 
 

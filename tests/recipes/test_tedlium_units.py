@@ -1,4 +1,4 @@
-"""TED-LIUM output units (recipes/TEDLIUM/train.py): characters and SentencePiece BPE pieces encode and
+"""TED-LIUM output units (cald_brain.tasks.ctc): characters and SentencePiece BPE pieces encode and
 decode transcripts, the BPE model is trained once into the save folder and reused, the head size is checked,
 and a transcript character the units do not know stops training naming the utterance; the training batches
 come from the YAML's train_sampler."""
@@ -6,9 +6,10 @@ come from the YAML's train_sampler."""
 import csv
 
 import pytest
-from conftest import load_repo_script
 
-train = load_repo_script("recipes/TEDLIUM/train.py", "tedlium_train_units")
+import cald_brain.tasks.ctc as train
+from cald_brain.brain import train_loader_kwargs
+
 CHARACTERS = "abcdefghijklmnopqrstuvwxyz' "
 TRANSCRIPTS = ["the cat sat on the mat", "a dog's dinner", "the mat was flat", "what a cat"] * 5
 
@@ -65,10 +66,10 @@ def test_bpe_trained_on_the_train_split_saved_and_reused(tmp_path):
 
 def test_train_loader_takes_its_batches_from_the_sampler():
     opts = {"train_dataloader_opts": {"num_workers": 0}, "train_sampler": lambda data: ("sampler of", data)}
-    assert train.train_loader_kwargs(opts, "train set") == {
+    assert train_loader_kwargs(opts, "train set") == {
         "num_workers": 0,
         "batch_sampler": ("sampler of", "train set"),
     }
     opts["train_dataloader_opts"] = {"batch_size": 2, "shuffle": True}
     with pytest.raises(SystemExit, match="train_dataloader_opts sets batch_size, shuffle, but the training"):
-        train.train_loader_kwargs(opts, "train set")
+        train_loader_kwargs(opts, "train set")

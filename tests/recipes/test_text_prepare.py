@@ -7,13 +7,18 @@ import logging
 import shutil
 
 import pytest
-from conftest import SAMPLES, load_repo_script
+from conftest import ROOT, SAMPLES, load_repo_script
+from hyperpyyaml import resolve_references
+from ruamel.yaml import YAML
 
-from cald_brain.text_classification import GLUE_TASKS
+from cald_brain.recipe import with_derived
+
+GLUE_TASKS = load_repo_script("nlp/GLUE/tasks.py", "glue_tasks").GLUE_TASKS
 
 glue = load_repo_script("nlp/GLUE/prepare.py", "glue_prepare_test")
 imdb = load_repo_script("nlp/IMDB/prepare.py", "imdb_prepare_test")
 GLUE_SAMPLES = SAMPLES / "glue_data"
+GLUE_HPARAMS = ROOT / "nlp" / "GLUE" / "hparams"
 
 
 def manifest(folder, name):
@@ -144,24 +149,39 @@ def test_imdb_wrong_folder(tmp_path):
 
 def test_glue_command_line_sets_num_labels_from_the_task():
     train = load_repo_script("nlp/GLUE/train.py", "glue_train_test")
-    assert train.with_task_outputs(["h.yaml", "--task=mnli"]) == ["h.yaml", "--task=mnli", "--num_labels=3"]
-    assert train.with_task_outputs(["h.yaml", "--task", "stsb"])[-1] == "--num_labels=1"
-    assert train.with_task_outputs(["h.yaml", "--task=mnli", "--num_labels=3"]).count("--num_labels=3") == 1
-    assert train.with_task_outputs(["h.yaml"]) == ["h.yaml"]  # the YAML's PLACEHOLDER then names --task
+    assert train.derived_from_task({"task": "mnli"})["num_labels"] == 3
+    assert train.derived_from_task({"task": "stsb"})["num_labels"] == 1
+    assert train.derived_from_task({}) == {}  # the YAML's PLACEHOLDER then names --task
+    hparams_file = str(GLUE_HPARAMS / "roberta_finetune.yaml")
+    given = {"task": "mnli", "num_labels": 3}
+    assert with_derived(hparams_file, given, train.derived_from_task) == given
+    assert with_derived(hparams_file, "task: mnli", train.derived_from_task) == {
+        "task": "mnli",
+        "num_labels": 3,
+    }
+    with pytest.raises(SystemExit, match="derives num_labels from the command line"):
+        with_derived(hparams_file, {"task": "mnli", "num_labels": 2}, train.derived_from_task)
 
 
 def test_glue_hybrid_switch_defaults_to_the_reference_step_of_the_task():
     train = load_repo_script("nlp/GLUE/train.py", "glue_train_test")
+    hparams_file = GLUE_HPARAMS / "linformer_hybrid.yaml"
+
+    def distill_until_step(overrides: dict):
+        overrides = with_derived(
+            str(hparams_file), {**overrides, "data_folder": "d"}, train.derived_from_task
+        )
+        with open(hparams_file, encoding="utf-8") as fin:
+            return YAML(typ="rt").load(resolve_references(fin, overrides))["distill_until_step"]
+
     for name, step in (("qnli", 10000), ("qqp", 40000), ("sst2", 5000)):
-        hparams = {"guidance_mode": "hybrid", "distill_until_step": None}
-        train.resolve_hybrid_switch(hparams, GLUE_TASKS[name])
-        assert hparams["distill_until_step"] == step
-    given = {"guidance_mode": "hybrid", "distill_until_step": 7}
-    train.resolve_hybrid_switch(given, GLUE_TASKS["qnli"])
-    assert given["distill_until_step"] == 7
+        assert distill_until_step({"task": name}) == step
+        assert GLUE_TASKS[name].hybrid_switch_step == step
+    assert distill_until_step({"task": "qnli", "distill_until_step": 7}) == 7
+    assert distill_until_step({"task": "rte"}) is None
     with pytest.raises(SystemExit, match="--distill_until_step"):
-        unset = {"guidance_mode": "hybrid", "distill_until_step": None}
-        train.resolve_hybrid_switch(unset, GLUE_TASKS["rte"])
+        train.check_hybrid_switch({"guidance_mode": "hybrid", "distill_until_step": None}, "rte")
+    train.check_hybrid_switch({"guidance_mode": "hybrid", "distill_until_step": 7}, "rte")
 
 
 def copy_glue(tmp_path, name):

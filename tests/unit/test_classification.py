@@ -1,12 +1,13 @@
-"""cald_brain.classification: the per-unit cross-entropy (reference loss parity) and the accuracy stats."""
+"""cald_brain.tasks.utterance_classification: the per-unit cross-entropy (reference loss parity) and the
+accuracy stats."""
 
 import csv
 
 import pytest
 import torch
 
-from cald_brain.classification import ClassificationStats, cross_entropy_per_unit
 from cald_brain.data.manifests import fix_labels, read_labels
+from cald_brain.tasks.utterance_classification import ClassificationStats, cross_entropy_per_unit
 
 
 def test_cross_entropy_per_unit_is_the_references_sum_over_characters():
@@ -48,8 +49,8 @@ def test_label_set_is_fixed_once_written(tmp_path):
 
 
 def test_head_size_must_match_the_prepared_labels():
-    from cald_brain.classification import check_num_classes
     from cald_brain.recipe import RecipeError
+    from cald_brain.tasks.utterance_classification import check_num_classes
 
     check_num_classes(["a", "b"], 2, "num_outputs", "intents.txt")
     with pytest.raises(RecipeError, match=r"num_outputs is 69 but intents\.txt lists 2 .* --num_outputs=2"):

@@ -27,16 +27,16 @@ from transformers import (
     GPTNeoXForCausalLM,
 )
 
-from cald_brain.brain import ModelOutputs
 from cald_brain.convert import resolve_source
+from cald_brain.data.text import tokenize
 from cald_brain.models import (
     CausalLM,
+    ModelOutputs,
     Pooling,
     SpeechEncoder,
     SpeechModel,
     TextClassifier,
     next_token_loss,
-    tokenize,
 )
 from cald_brain.models.speech import conv_output_lengths
 

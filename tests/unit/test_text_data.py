@@ -1,18 +1,23 @@
-"""cald_brain.data.text and cald_brain.text_classification: GLUE TSV reading (no quote handling, malformed
-rows), the tokenising collate function, the task table, the metrics, and the linear warm-up schedule."""
+"""cald_brain.data.text, cald_brain.tasks.text_classification and nlp/GLUE/tasks.py: GLUE TSV reading (no
+quote handling, malformed rows), the tokenising collate function, the task table, the metrics, and the linear
+warm-up schedule."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLES
+from conftest import SAMPLES, load_repo_script
 
+from cald_brain.brain import with_total_steps
 from cald_brain.data.text import TextCollator, read_tsv
 from cald_brain.models.text import load_tokenizer
 from cald_brain.optim import WarmupLinearDecay
 from cald_brain.recipe import RecipeError
-from cald_brain.text_classification import GLUE_TASKS, compute_metrics, glue_task, with_total_steps
+from cald_brain.tasks.text_classification import compute_metrics
+
+_glue = load_repo_script("nlp/GLUE/tasks.py", "glue_tasks")
+GLUE_TASKS, glue_task = _glue.GLUE_TASKS, _glue.glue_task
 
 TINY_ROBERTA = SAMPLES / "models" / "tiny-roberta"
 

@@ -1,6 +1,7 @@
-"""Utterance classification recipes (SLURP intents, VoxCeleb1 speakers): the CALDBrain, its loss and metric,
-and the manifest -> dataset plumbing they share. A recipe's train.py only says which manifest column holds
-the label and how many loss units an utterance counts (see `cross_entropy_per_unit`).
+"""Utterance classification (SLURP intents, VoxCeleb1 speakers): the brain (per-unit cross-entropy,
+accuracy, best checkpoint by accuracy), the datasets built from the prepared manifests and `run`, the one
+entry point a recipe's train.py calls. A recipe's train.py only says which manifest column holds the label
+and how many loss units an utterance counts (see `cross_entropy_per_unit`).
 
 Manifests are the prepare scripts' CSVs (``ID, duration, wav, <label column>, ...``, ``wav`` relative to
 ``$data_root``) plus a label file (one label per line, line i = class i; `cald_brain.data.manifests`).
@@ -9,7 +10,6 @@ Manifests are the prepare scripts' CSVs (``ID, duration, wav, <label column>, ..
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,11 +17,11 @@ from typing import Any
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.distributed import if_main_process
 
-from cald_brain.brain import CALDBrain, ModelOutputs
+from cald_brain.brain import CALDBrain
 from cald_brain.data.audio import audio_pipeline
 from cald_brain.data.manifests import read_labels
+from cald_brain.models.outputs import ModelOutputs
 from cald_brain.recipe import RecipeError
 
 SPLITS = ("train", "dev", "test")
@@ -71,7 +71,7 @@ class ClassificationStats:
         os.replace(tmp, path)
 
 
-class UtteranceClassifier(CALDBrain):
+class UtteranceClassificationBrain(CALDBrain):
     """One label per utterance from a pooled `cald_brain.models.SpeechModel` (teacher and student alike).
 
     Batches carry ``sig`` (waveforms, relative lengths), ``label`` (class indices) and ``loss_units`` (see
@@ -79,6 +79,9 @@ class UtteranceClassifier(CALDBrain):
     accuracy (``ACC``) picks the best checkpoint; the test stage writes ``test_predictions_file`` and
     ``test_metrics_file`` (hparams keys).
     """
+
+    best_key = "ACC"
+    best_is_max = True
 
     def __init__(self, labels: Sequence[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -102,20 +105,14 @@ class UtteranceClassifier(CALDBrain):
         if stage != sb.Stage.TRAIN:
             self.stats = ClassificationStats()
 
-    def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
-        stage_stats = self.stage_stats(stage, stage_loss)
-        if stage == sb.Stage.TRAIN:
-            self.train_stats = stage_stats
-            return
-        stage_stats["ACC"] = self.stats.accuracy()
-        if stage == sb.Stage.VALID:
-            self.log_validation(epoch, stage_stats, meta={"ACC": stage_stats["ACC"]}, max_keys=["ACC"])
-            return
-        self.log_test(stage_stats)
-        if if_main_process():
-            self.stats.write_predictions(self.hparams.test_predictions_file, self.labels)
-            with open(self.hparams.test_metrics_file, "w", encoding="utf-8") as w:
-                json.dump({"ACC": stage_stats["ACC"], "utterances": len(self.stats.ids)}, w)
+    def stage_metrics(self, stage) -> dict[str, float]:
+        return {"ACC": self.stats.accuracy()}
+
+    def test_results(self, stats: dict[str, float]) -> dict[str, float]:
+        return {"ACC": stats["ACC"], "utterances": len(self.stats.ids)}
+
+    def write_test_files(self) -> None:
+        self.stats.write_predictions(self.hparams.test_predictions_file, self.labels)
 
 
 def label_pipeline(labels: Sequence[str], label_key: str, label_file: str | Path) -> Callable:
@@ -143,7 +140,7 @@ def check_num_classes(labels: Sequence[str], num_classes: int, key: str, label_f
         )
 
 
-def classification_datasets(
+def build_datasets(
     hparams: dict,
     label_key: str,
     label_file: str | Path,
@@ -172,28 +169,16 @@ def classification_datasets(
     return datasets, labels
 
 
-def train_and_test(
-    hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]
-) -> UtteranceClassifier:
-    """Fit on train (dev accuracy picks the best checkpoint), then test that checkpoint. The train loader is
-    the hparams' ``train_sampler`` (batches by total duration) with ``train_dataloader_opts``; dev and test
-    use ``valid_dataloader_opts`` / ``test_dataloader_opts``."""
-    brain = UtteranceClassifier(
+def run(hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]) -> UtteranceClassificationBrain:
+    """Fit on train (dev accuracy picks the best checkpoint; the batches come from the hparams'
+    `train_sampler`), then test that checkpoint."""
+    brain = UtteranceClassificationBrain(
         labels=labels,
         modules=hparams["modules"],
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets["dev"],
-        train_loader_kwargs={
-            **hparams["train_dataloader_opts"],
-            "batch_sampler": hparams["train_sampler"](datasets["train"]),
-        },
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
-    brain.evaluate(datasets["test"], max_key="ACC", test_loader_kwargs=hparams["test_dataloader_opts"])
+    brain.fit_datasets(datasets["train"], datasets["dev"])
+    brain.test_best(datasets["test"])
     return brain
