@@ -16,9 +16,9 @@ GLUE_TASKS: dict[str, TextTask] = {
             columns=("source", "label", "label_notes", "sentence"),
         ),
         TextTask("sst2", "SST-2", "sentence", None, "label", BINARY, hybrid_switch_step=5000),
-        TextTask("mrpc", "MRPC", "#1 String", "#2 String", "Quality", BINARY, ("f1", "accuracy")),
+        TextTask("mrpc", "MRPC", "#1 String", "#2 String", "Quality", BINARY, ("accuracy", "f1")),
         TextTask(
-            "qqp", "QQP", "question1", "question2", "is_duplicate", BINARY, ("f1", "accuracy"),
+            "qqp", "QQP", "question1", "question2", "is_duplicate", BINARY, ("accuracy", "f1"),
             hybrid_switch_step=40000,
         ),
         TextTask("stsb", "STS-B", "sentence1", "sentence2", "score", None, ("pearson", "spearman")),

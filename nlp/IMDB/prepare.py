@@ -2,9 +2,11 @@
 
 Reads ``{train,test}/{pos,neg}/<id>_<rating>.txt`` (one review per file, on one line); ``train/unsup/`` (the
 unlabelled reviews) and the top-level extras (``imdb.vocab``, ``labeledBow.feat``, ...) are ignored. The
-``<br />`` line breaks are replaced by spaces. A dev split is held out from train deterministically: for each
-class, the files sorted by id are shuffled with `seed` and the first `dev_fraction` of them go to dev (the
-reference evaluates on test only; the held-out dev set selects the best checkpoint here, test is reported).
+text is kept as the files hold it, ``<br />`` tags included (the reference trains on the raw text);
+``strip_line_breaks=True`` replaces them by spaces and collapses runs of whitespace. A dev split is held out
+from train deterministically: for each class, the files sorted by id are shuffled with `seed` and the first
+`dev_fraction` of them go to dev (the reference evaluates on test only; the held-out dev set selects the best
+checkpoint here, test is reported).
 
 Writes ``train.json``, ``dev.json`` and ``test.json`` into ``save_folder``::
 
@@ -29,7 +31,7 @@ IMDB_TASK = load_recipe_module(Path(__file__).parent, "tasks").IMDB_TASK
 
 logger = logging.getLogger(__name__)
 
-PREPARE_VERSION = 1  # bump when the manifest format changes, so old manifests are prepared again
+PREPARE_VERSION = 2  # bump when the manifest format changes, so old manifests are prepared again
 _REVIEW_FILE = re.compile(r"^(\d+)_(\d+)\.txt$")
 _LINE_BREAK = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
 
@@ -39,9 +41,12 @@ def clean_review(text: str) -> str:
     return " ".join(_LINE_BREAK.sub(" ", text).split())
 
 
-def read_class(folder: Path, split: str, label: str) -> list[tuple[str, dict[str, Any]]]:
-    """(id, item) of every review file in `folder`, sorted by review id; a folder without any is an error (a
-    split with one class only would train a classifier that never predicts the other)."""
+def read_class(
+    folder: Path, split: str, label: str, strip_line_breaks: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """(id, item) of every review file in `folder`, sorted by review id (text raw, or `clean_review`'s with
+    `strip_line_breaks`); a folder without any is an error (a split with one class only would train a
+    classifier that never predicts the other)."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} not found: --data_folder must be the extracted aclImdb folder (holding "
@@ -52,8 +57,10 @@ def read_class(folder: Path, split: str, label: str) -> list[tuple[str, dict[str
         match = _REVIEW_FILE.match(path.name)
         if match is None:
             raise ValueError(f"{path}: not an IMDB review file name (<id>_<rating>.txt)")
-        text = clean_review(path.read_text(encoding="utf-8"))
-        if not text:
+        text = path.read_text(encoding="utf-8")
+        if strip_line_breaks:
+            text = clean_review(text)
+        if not text.strip():
             raise ValueError(f"{path} is empty; is the corpus fully extracted?")
         item = {"text": text, "label": IMDB_TASK.labels.index(label), "rating": int(match.group(2))}
         reviews.append((int(match.group(1)), (f"{split}-{label}-{path.stem}", item)))
@@ -72,6 +79,7 @@ def prepare_imdb(
     dev_fraction: float = 0.1,
     seed: int = 0,
     skip_prep: bool = False,
+    strip_line_breaks: bool = False,
 ) -> None:
     """Write the train/dev/test manifests (see the module docstring) into `save_folder`.
 
@@ -87,18 +95,19 @@ def prepare_imdb(
         "data_folder": str(data_folder),
         "dev_fraction": dev_fraction,
         "seed": seed,
+        "strip_line_breaks": strip_line_breaks,
     }
     if prepared_with(save_folder, options, ("train", "dev", "test")):
         logger.info("IMDB manifests in %s are up to date, skipping preparation", save_folder)
         return
     manifests: dict[str, dict[str, dict[str, Any]]] = {"train": {}, "dev": {}, "test": {}}
     for label in IMDB_TASK.labels:
-        train = read_class(data_folder / "train" / label, "train", label)
+        train = read_class(data_folder / "train" / label, "train", label, strip_line_breaks)
         random.Random(f"{seed}-{label}").shuffle(train)
         held_out = round(dev_fraction * len(train))
         manifests["dev"].update(train[:held_out])
         manifests["train"].update(train[held_out:])
-        manifests["test"].update(read_class(data_folder / "test" / label, "test", label))
+        manifests["test"].update(read_class(data_folder / "test" / label, "test", label, strip_line_breaks))
     for name, items in manifests.items():
         logger.info("IMDB %s: %d reviews", name, len(items))
     write_manifests(save_folder, options, manifests)
@@ -111,9 +120,12 @@ def main() -> None:
     parser.add_argument("--data_folder", required=True)
     parser.add_argument("--save_folder", required=True)
     parser.add_argument("--dev_fraction", type=float, default=0.1)
+    parser.add_argument("--strip_line_breaks", action="store_true", help="replace <br /> tags by spaces")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    prepare_imdb(args.data_folder, args.save_folder, args.dev_fraction)
+    prepare_imdb(
+        args.data_folder, args.save_folder, args.dev_fraction, strip_line_breaks=args.strip_line_breaks
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def main() -> None:
             "dev_fraction": hparams["dev_fraction"],
             "seed": hparams["seed"],
             "skip_prep": hparams["skip_prep"],
+            "strip_line_breaks": hparams["strip_line_breaks"],
         },
     )
     datasets = text_classification.build_datasets(hparams, IMDB_TASK)

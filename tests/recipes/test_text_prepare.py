@@ -1,6 +1,7 @@
 """nlp/GLUE/prepare.py and nlp/IMDB/prepare.py on the committed samples and on hand-written task files:
 malformed rows skipped and logged, pairs vs single sentences, label maps, STS-B regression, MNLI's two dev
-files, CoLA without header, IMDB's tree (unsup ignored, <br /> removed) and its deterministic dev split."""
+files, CoLA without header, IMDB's tree (unsup ignored, raw text or <br /> removed) and its deterministic
+dev split."""
 
 import json
 import logging
@@ -123,7 +124,7 @@ def test_preparation_is_skipped_only_when_up_to_date(tmp_path):
     assert len(manifest(tmp_path, "train")) == 400  # another task: prepared again
 
 
-def test_imdb_tree_dev_split_and_cleaning(tmp_path):
+def test_imdb_tree_dev_split_and_raw_text(tmp_path):
     imdb.prepare_imdb(SAMPLES / "aclImdb", tmp_path)
     train, dev, test = (manifest(tmp_path, n) for n in ("train", "dev", "test"))
     assert (len(train), len(dev), len(test)) == (216, 24, 100)
@@ -132,7 +133,7 @@ def test_imdb_tree_dev_split_and_cleaning(tmp_path):
     assert not any("unsup" in key for key in train)
     raw = (SAMPLES / "aclImdb" / "train" / "pos" / "0_9.txt").read_text()
     item = (train | dev)["train-pos-0_9"]
-    assert "<br />" in raw and "<br" not in item["text"] and item["text"] == " ".join(item["text"].split())
+    assert "<br />" in raw and item["text"] == raw  # the raw text, as the reference trains on
     assert item["label"] == 1 and item["rating"] == 9
     assert all(i["rating"] <= 4 for i in test.values() if i["label"] == 0)
     again = tmp_path / "again"
@@ -140,6 +141,14 @@ def test_imdb_tree_dev_split_and_cleaning(tmp_path):
     assert manifest(again, "dev") == dev  # deterministic
     imdb.prepare_imdb(SAMPLES / "aclImdb", tmp_path / "other", seed=1)
     assert set(manifest(tmp_path / "other", "dev")) != set(dev)
+
+
+def test_imdb_strip_line_breaks_option(tmp_path):
+    imdb.prepare_imdb(SAMPLES / "aclImdb", tmp_path)
+    imdb.prepare_imdb(SAMPLES / "aclImdb", tmp_path, strip_line_breaks=True)  # another option: prepared again
+    item = (manifest(tmp_path, "train") | manifest(tmp_path, "dev"))["train-pos-0_9"]
+    raw = (SAMPLES / "aclImdb" / "train" / "pos" / "0_9.txt").read_text()
+    assert item["text"] == " ".join(raw.replace("<br />", " ").split()) and "<br" not in item["text"]
 
 
 def test_imdb_wrong_folder(tmp_path):
