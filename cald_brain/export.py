@@ -116,17 +116,20 @@ def backbone_of(module: nn.Module) -> nn.Module:
 def make_config(
     module: nn.Module,
     units: CTCUnits | None,
-    labels: Sequence[str] | None,
+    labels: Sequence[str] | Mapping[str, Sequence[str]] | None,
     sampling_rate: int,
+    joint_name: str = "joint",
 ) -> CaldConfig:
-    """The CaldConfig describing `module` (checked against the units / labels given)."""
+    """The CaldConfig describing `module` (checked against the units / labels given). A classifier with
+    several heads records their names (`label_heads`) and `joint_name`; its id2label lists the heads' labels
+    side by side, as its logits."""
     task = task_of(module)
     backbone = backbone_of(module).config
     settings: dict[str, Any] = {}
     if isinstance(module, SpeechModel):
         num_outputs = module.head.out_features
         settings = dict(
-            num_outputs=num_outputs,
+            num_outputs=module.num_outputs,
             sampling_rate=sampling_rate,
             do_normalize=bool(module.encoder.normalize_wav),
         )
@@ -143,8 +146,21 @@ def make_config(
             blank_index=units.blank_index,
             ctc_units="characters" if units.characters is not None else "sentencepiece",
         )
+    several = isinstance(module, SpeechModel) and len(module.head_sizes) > 1
+    if several:
+        if not isinstance(labels, Mapping):
+            raise ValueError(
+                f"a classifier with {len(module.head_sizes)} heads needs labels={{head name: its labels}}"
+            )
+        sizes = [len(names) for names in labels.values()]
+        if sizes != list(module.head_sizes):
+            raise ValueError(f"labels of {sizes} classes for heads of {list(module.head_sizes)} outputs")
+        settings.update(label_heads=list(labels), joint_name=joint_name)
+        labels = [label for names in labels.values() for label in names]  # id2label: the heads side by side
+    elif isinstance(labels, Mapping):
+        raise ValueError("labels={head: labels} is for classifiers with several heads; give the label list")
     if task in ("audio-classification", "text-classification") and labels is not None:
-        outputs = num_outputs if task == "audio-classification" else backbone.num_labels
+        outputs = sum(module.head_sizes) if task == "audio-classification" else backbone.num_labels
         if len(labels) != outputs:
             raise ValueError(f"{len(labels)} labels for a classifier of {outputs} outputs")
         settings["id2label"] = dict(enumerate(labels))
@@ -276,22 +292,25 @@ def export_student(
     folder: str | os.PathLike,
     *,
     units: CTCUnits | None = None,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     sampling_rate: int = 16000,
     card: ModelCard | None = None,
+    joint_name: str = "joint",
 ) -> Path:
     """Write the student network `module` (SpeechModel, TextClassifier or CausalLM, or DDP around one; its
     task follows from it) to `folder` as described in the module docstring, replacing an earlier export; call
     it on the main process only. Returns the folder.
 
-    units: CTC students' output units. labels: classifiers' class names (index order). tokenizer: text and LM
-    students' tokenizer. sampling_rate: speech students' input rate. card: the model card's training facts.
+    units: CTC students' output units. labels: classifiers' class names (index order); for a speech classifier
+    with several heads, {head name: its class names} in head order, and `joint_name` names the prediction of
+    every head together (SLURP: "intent"). tokenizer: text and LM students' tokenizer. sampling_rate: speech
+    students' input rate. card: the model card's training facts.
     """
     folder = Path(folder)
     if isinstance(module, nn.parallel.DistributedDataParallel):
         module = module.module
-    config = make_config(module, units, labels, sampling_rate)
+    config = make_config(module, units, labels, sampling_rate, joint_name)
     if config.cald_task in ("text-classification", "causal-lm") and tokenizer is None:
         raise ValueError(f"a {config.cald_task} student needs its tokenizer= to be exported")
     tmp = folder.with_name(folder.name + ".tmp")

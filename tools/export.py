@@ -30,8 +30,14 @@ from cald_brain.models import load_tokenizer
 
 # Checkpoint meta keys the recipes keep their best checkpoint by, and which way is better.
 BEST_KEYS = {"WER": "min", "ACC": "max", "dev_score": "max", "perplexity": "min"}
-# Label files the speech classification recipes write into their save folder (one label per line).
-LABEL_FILES = ("intents.txt", "speakers.txt")
+# Label files the speech classification recipes write into their save folder (one label per line), by the
+# head (manifest column) they label; a run without `label_heads` has one head, the first file found.
+LABEL_FILES = {
+    "intent": "intents.txt",
+    "spk_id": "speakers.txt",
+    "scenario": "scenarios.txt",
+    "action": "actions.txt",
+}
 
 
 class ExportError(SystemExit):
@@ -135,11 +141,18 @@ def task_inputs(module: torch.nn.Module, doc: dict, save: Path, source: str) -> 
         units = ctc_units(save, doc, module.head.out_features)
         return {"units": units, "sampling_rate": int(doc.get("sample_rate", 16000))}
     if task == "audio-classification":
-        files = [save / name for name in LABEL_FILES if (save / name).is_file()]
-        if not files:
-            raise ExportError(f"no label file ({', '.join(LABEL_FILES)}) in {save}")
-        labels = [line.strip() for line in files[0].read_text().splitlines() if line.strip()]
-        return {"labels": labels, "sampling_rate": int(doc.get("sample_rate", 16000))}
+        heads = doc.get("label_heads") or []
+        names = [LABEL_FILES.get(head, f"{head}s.txt") for head in heads] or list(LABEL_FILES.values())
+        files = [save / name for name in names if (save / name).is_file()]
+        if not files or len(files) < len(heads):
+            raise ExportError(f"no label file ({', '.join(names)}) in {save}")
+        read = [[line.strip() for line in f.read_text().splitlines() if line.strip()] for f in files]
+        labels = dict(zip(heads, read, strict=True)) if len(heads) > 1 else read[0]
+        return {
+            "labels": labels,
+            "sampling_rate": int(doc.get("sample_rate", 16000)),
+            **({"joint_name": "intent"} if len(heads) > 1 else {}),  # SLURP: scenario + action
+        }
     inputs = {"tokenizer": load_tokenizer(source)}
     if task == "text-classification":
         inputs["labels"] = text_labels(doc)

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -108,18 +108,25 @@ def write_labelled_manifests(
     what: str,
     options_path: Path,
     options: dict,
+    more_labels: Mapping[str, tuple[str, str]] | None = None,
 ) -> None:
     """The outputs of a classification preparation: the label set of every split's rows (column
     ``label_key``, sorted) fixed in ``save_folder/label_file`` (`fix_labels`: an error before anything is
-    written if it would change), one ``<split>.csv`` per split, then the "prepared" marker."""
+    written if it would change), likewise for each column of ``more_labels`` (column -> (label file, what)),
+    one ``<split>.csv`` per split, then the "prepared" marker."""
     save_folder.mkdir(parents=True, exist_ok=True)
     options_path.unlink(missing_ok=True)  # written last: its presence marks a complete preparation
-    labels = sorted({row[label_key] for rows in split_rows.values() for row in rows})
-    warn_untrained_labels(split_rows, label_key, what)
-    fix_labels(save_folder / label_file, labels, what)
+    label_sets = {label_key: (label_file, what), **(more_labels or {})}
+    counts = {}
+    for key, (file_name, kind) in label_sets.items():
+        labels = sorted({row[key] for rows in split_rows.values() for row in rows})
+        warn_untrained_labels(split_rows, key, kind)
+        fix_labels(save_folder / file_name, labels, kind)
+        counts[key] = len(labels)
     for split, rows in split_rows.items():
         write_csv_atomic(save_folder / f"{split}.csv", columns, rows)
         hours = sum(float(row["duration"]) for row in rows) / 3600
         logger.info("%s.csv: %d rows, %.2f h", split, len(rows), hours)
-    logger.info("%d %s labels in %s", len(labels), what, save_folder / label_file)
+    for key, (file_name, kind) in label_sets.items():
+        logger.info("%d %s labels in %s", counts[key], kind, save_folder / file_name)
     mark_prepared(options_path, options)

@@ -6,7 +6,8 @@
     print(asr.transcribe_file("talk.wav"))
 
 - `SpeechRecognizer` (CTC): `transcribe_file(path)`, `transcribe_batch(wavs, wav_lens)` (greedy decoding);
-- `UtteranceClassifier` (pooled speech classifier): `classify_file(path)` -> (label, score),
+- `UtteranceClassifier` (pooled speech classifier): `classify_file(path)` -> (label, score), or with several
+  heads {head: (label, score)} plus the joint label (SLURP: scenario, action, intent),
   `classify_batch`, `embed_file(path)` (the pooled embedding the classifier reads) and `verify_files(a, b)`
   (cosine score of two embeddings, for speaker models);
 - `TextClassifier`: `classify(texts, pairs=None)` -> [(label, score)];
@@ -121,24 +122,53 @@ class SpeechRecognizer(SpeechInterface):
 
 
 class UtteranceClassifier(SpeechInterface):
-    """One label per utterance (intents, speakers); the pooled embedding serves speaker verification."""
+    """One label per utterance (intents, speakers) and head; the pooled embedding serves speaker verification.
+
+    A classifier with several heads (config `label_heads`, e.g. SLURP's scenario and action) gets one softmax
+    per head; its joint prediction (`joint_name`, e.g. the intent) is the heads' labels joined by "_" with
+    the product of their probabilities.
+    """
+
+    @property
+    def head_names(self) -> list[str]:
+        """The heads' names; one unnamed head ("") for a single-head classifier."""
+        return list(self.config.label_heads or [""])
 
     def label(self, index: int) -> str:
+        """The label of an output index (the heads' outputs side by side)."""
         return self.config.id2label.get(index, str(index))
 
-    def classify_batch(
-        self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """As SpeechBrain's EncoderClassifier: (class probabilities, best score, best index, best label)."""
-        probs = self._forward_batch(wavs, wav_lens).logits.float().softmax(dim=-1)
-        score, index = probs.max(dim=-1)
-        return probs, score, index, [self.label(int(i)) for i in index]
+    def head_probabilities(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        """Each head's class probabilities, (batch, head size) each."""
+        return [x.float().softmax(dim=-1) for x in self.net.split_logits(logits)]
 
-    def classify_file(self, path: str | os.PathLike) -> tuple[str, float]:
-        """(label, probability) of the most likely class of a whole file."""
-        probs = self._encode_recording(self.load_audio(path)[None]).logits.float().softmax(dim=-1)[0]
-        score, index = probs.max(dim=-1)
-        return self.label(int(index)), float(score)
+    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Any:
+        """As SpeechBrain's EncoderClassifier: (class probabilities, best score, best index, best label). With
+        several heads, {head name: that tuple} (indices within the head)."""
+        logits = self._forward_batch(wavs, wav_lens).logits
+        results, offset = {}, 0
+        for name, probs in zip(self.head_names, self.head_probabilities(logits), strict=True):
+            score, index = probs.max(dim=-1)
+            results[name] = (probs, score, index, [self.label(offset + int(i)) for i in index])
+            offset += probs.shape[-1]
+        return results[""] if "" in results else results
+
+    def classify_file(self, path: str | os.PathLike) -> Any:
+        """(label, probability) of the most likely class of a whole file. With several heads, {head name:
+        (label, probability)} plus the joint prediction under `joint_name`."""
+        logits = self._encode_recording(self.load_audio(path)[None]).logits
+        results, offset = {}, 0
+        for name, probs in zip(self.head_names, self.head_probabilities(logits), strict=True):
+            score, index = probs[0].max(dim=-1)
+            results[name] = (self.label(offset + int(index)), float(score))
+            offset += probs.shape[-1]
+        if "" in results:
+            return results[""]
+        joint_score = 1.0
+        for _, score in results.values():
+            joint_score *= score
+        joint = "_".join(label for label, _ in results.values())
+        return {**results, self.config.joint_name or "joint": (joint, joint_score)}
 
     def embed_file(self, path: str | os.PathLike) -> torch.Tensor:
         """The pooled utterance embedding (the classifier head's input) of a whole file, (dim,)."""

@@ -4,7 +4,8 @@
     python -m cald_brain.inference results/GLUE/sst2/student "a gripping film" "dull"
     python -m cald_brain.inference results/Pile/x/student "The capital of France is" --max-new-tokens 20
 
-Speech models take audio files (transcript, or label and score); text classifiers take texts (label and
+Speech models take audio files (transcript, or label and score; with several heads `head=label<TAB>score`
+per head, then the joint label); text classifiers take texts (label and
 score); language models take prompts (the continuation, newlines shown as \\n). An input that fails (a
 missing or corrupt file) is reported on stderr, naming it, and the exit status is 1.
 """
@@ -20,8 +21,10 @@ def result(interface, item: str, max_new_tokens: int) -> str:
     if isinstance(interface, SpeechRecognizer):
         return interface.transcribe_file(item)
     if isinstance(interface, UtteranceClassifier):
-        label, score = interface.classify_file(item)
-        return f"{label}\t{score:.4f}"
+        found = interface.classify_file(item)
+        if isinstance(found, dict):  # several heads: head=label<TAB>score per head, then the joint one
+            return "\t".join(f"{head}={label}\t{score:.4f}" for head, (label, score) in found.items())
+        return f"{found[0]}\t{found[1]:.4f}"
     if isinstance(interface, TextClassifier):
         label, score = interface.classify([item])[0]
         return f"{label}\t{score:.4f}"

@@ -62,7 +62,9 @@ class CaldConfig(PreTrainedConfig):
         cald_backbone: dict[str, Any] | None = None,
         pooling: str | None = None,
         attention_channels: int = 128,
-        num_outputs: int | None = None,
+        num_outputs: int | list[int] | None = None,
+        label_heads: list[str] | None = None,
+        joint_name: str | None = None,
         sampling_rate: int | None = None,
         do_normalize: bool | None = None,
         blank_index: int | None = None,
@@ -75,7 +77,9 @@ class CaldConfig(PreTrainedConfig):
         self.cald_backbone = cald_backbone or {}
         self.pooling = pooling
         self.attention_channels = attention_channels
-        self.num_outputs = num_outputs
+        self.num_outputs = num_outputs  # a list: one size per head, logits side by side
+        self.label_heads = label_heads  # names of the heads (several heads only)
+        self.joint_name = joint_name  # name of every head's prediction together (several heads only)
         self.sampling_rate = sampling_rate
         self.do_normalize = do_normalize
         self.blank_index = blank_index

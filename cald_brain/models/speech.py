@@ -15,6 +15,7 @@ folders, config overrides applied before the weights load).
 """
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -178,27 +179,43 @@ class SpeechModel(nn.Module):
     """Encoder + linear task head: frame-level logits (CTC) or pooled per-utterance logits (classification).
 
     The head is sized from the encoder's hidden size, so a YAML file only names the number of outputs.
+    num_outputs: an int (one head), or one size per head for a pooled classifier with several heads (SLURP's
+    scenario and action, as the CALD reference's `Classifier`): one linear layer whose outputs are the heads'
+    logits side by side (`split_logits`), the same computation as one linear per head.
     pooling: None (frame level), "mean", "statistics" or "attentive" (see `Pooling`).
     """
 
     def __init__(
         self,
         encoder: SpeechEncoder,
-        num_outputs: int,
+        num_outputs: int | Sequence[int],
         pooling: str | None = None,
         attention_channels: int = 128,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        several = not isinstance(num_outputs, int)
+        self.head_sizes = tuple(int(n) for n in num_outputs) if several else (num_outputs,)
+        if not self.head_sizes or min(self.head_sizes) < 1 or (several and pooling is None):
+            raise ValueError(
+                "num_outputs must be a positive int, or a list of head sizes with a pooling "
+                f"(got {num_outputs!r})"
+            )
+        self.num_outputs = list(self.head_sizes) if several else num_outputs
         self.encoder = encoder
         self.pooling = None if pooling is None else Pooling(pooling, encoder.hidden_size, attention_channels)
         self.head = nn.Linear(
-            encoder.hidden_size if self.pooling is None else self.pooling.out_dim, num_outputs
+            encoder.hidden_size if self.pooling is None else self.pooling.out_dim, sum(self.head_sizes)
         )
 
+    def split_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The logits of each head, (..., head size) each, in `head_sizes` order."""
+        return logits.split(self.head_sizes, dim=-1)
+
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> ModelOutputs:
-        """logits (B, T, V), or (B, C) when pooled; every hidden state; the (B, T) frame mask."""
+        """logits (B, T, V), or (B, C) when pooled (every head's, side by side); every hidden state; the
+        (B, T) frame mask."""
         feats, hidden_states, mask = self.encoder(wavs, wav_lens)
         if self.pooling is not None:
             feats = self.pooling(feats, mask)

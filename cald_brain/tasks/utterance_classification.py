@@ -1,10 +1,17 @@
-"""Utterance classification (SLURP intents, VoxCeleb1 speakers): the brain (per-unit cross-entropy,
-accuracy, best checkpoint by accuracy), the datasets built from the prepared manifests and `run`, the one
-entry point a recipe's train.py calls. A recipe's train.py only says which manifest column holds the label
-and how many loss units an utterance counts (see `cross_entropy_per_unit`).
+"""Utterance classification (SLURP scenario and action, or intents; VoxCeleb1 speakers): the brain (per-unit
+cross-entropy, accuracy, best checkpoint by accuracy), the datasets built from the prepared manifests and
+`run`, the one entry point a recipe's train.py calls. A recipe's train.py only says which manifest columns
+hold the labels (one `LabelHead` each) and how many loss units an utterance counts (see
+`cross_entropy_per_unit`).
 
-Manifests are the prepare scripts' CSVs (``ID, duration, wav, <label column>, ...``, ``wav`` relative to
-``$data_root``) plus a label file (one label per line, line i = class i; `cald_brain.data.manifests`).
+Several heads (SLURP's scenario and action, as the CALD reference trains them): the model's logits are the
+heads' side by side (`cald_brain.models.SpeechModel` with a list of sizes); the task loss is the mean of the
+heads' losses, ``ACC`` (which picks the best checkpoint) the mean of their accuracies, and ``ACC_<joint>``
+the fraction of utterances with every head right (SLURP's intent accuracy).
+
+Manifests are the prepare scripts' CSVs (``ID, duration, wav, <label columns>, ...``, ``wav`` relative to
+``$data_root``) plus one label file per head (one label per line, line i = class i;
+`cald_brain.data.manifests`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,19 @@ from cald_brain.recipe import RecipeError
 SPLITS = ("train", "dev", "test")
 
 
+@dataclass(frozen=True)
+class LabelHead:
+    """One classifier head: the manifest column it predicts and its label set (line i of `file` = class i)."""
+
+    key: str
+    file: Path
+    labels: tuple[str, ...]
+
+    @classmethod
+    def read(cls, key: str, file: str | Path) -> LabelHead:
+        return cls(key, Path(file), tuple(read_labels(Path(file))))
+
+
 def cross_entropy_per_unit(logits: torch.Tensor, targets: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """Sum of the utterances' cross-entropies divided by the sum of their loss units.
 
@@ -40,52 +61,91 @@ def cross_entropy_per_unit(logits: torch.Tensor, targets: torch.Tensor, units: t
     return losses.sum() / units.to(losses.dtype).sum()
 
 
+def heads_cross_entropy(
+    head_logits: Sequence[torch.Tensor], targets: torch.Tensor, units: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the heads of `cross_entropy_per_unit` (targets: (batch, heads)): the reference's classifier
+    loss, the heads' summed cross-entropies added, divided by the number of heads (and by the units)."""
+    losses = [cross_entropy_per_unit(x, targets[:, i], units) for i, x in enumerate(head_logits)]
+    return torch.stack(losses).mean()
+
+
 class ClassificationStats:
-    """Predictions of one evaluation stage: accuracy, and a per-utterance predictions file."""
+    """Predictions of one evaluation stage (one class index per head and utterance): accuracies, and a
+    per-utterance predictions file."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
-        self.predictions: list[int] = []
-        self.targets: list[int] = []
+        self.predictions: list[tuple[int, ...]] = []
+        self.targets: list[tuple[int, ...]] = []
 
-    def append(self, ids: Sequence[str], logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def append(self, ids: Sequence[str], head_logits: Sequence[torch.Tensor], targets: torch.Tensor) -> None:
+        """targets: (batch, heads) class indices."""
         self.ids.extend(ids)
-        self.predictions.extend(logits.argmax(dim=-1).tolist())
-        self.targets.extend(targets.tolist())
+        predictions = torch.stack([x.argmax(dim=-1) for x in head_logits], dim=-1)
+        self.predictions.extend(tuple(p) for p in predictions.tolist())
+        self.targets.extend(tuple(t) for t in targets.tolist())
+
+    def head_accuracies(self) -> list[float]:
+        """Fraction of correct predictions of each head (0 when nothing was evaluated)."""
+        heads = len(self.targets[0]) if self.targets else 0
+        return [
+            sum(p[h] == t[h] for p, t in zip(self.predictions, self.targets, strict=True)) / len(self.ids)
+            for h in range(heads)
+        ]
 
     def accuracy(self) -> float:
-        """Fraction of correct predictions (0 when nothing was evaluated)."""
+        """Mean of the heads' accuracies (0 when nothing was evaluated)."""
+        accuracies = self.head_accuracies()
+        return sum(accuracies) / len(accuracies) if accuracies else 0.0
+
+    def joint_accuracy(self) -> float:
+        """Fraction of utterances with every head right (0 when nothing was evaluated)."""
         if not self.ids:
             return 0.0
         return sum(p == t for p, t in zip(self.predictions, self.targets, strict=True)) / len(self.ids)
 
-    def write_predictions(self, path: str | Path, labels: Sequence[str]) -> None:
-        """CSV ``ID,target,prediction,correct`` with label names, written atomically."""
+    def write_predictions(self, path: str | Path, heads: Sequence[LabelHead]) -> None:
+        """CSV with label names, written atomically: ``ID,target,prediction,correct`` for one head; with
+        several, ``<key>_target,<key>_prediction`` per head, then ``correct`` (every head right)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["ID", "target", "prediction", "correct"])
+            if len(heads) == 1:
+                writer.writerow(["ID", "target", "prediction", "correct"])
+            else:
+                names = [f"{h.key}_{column}" for h in heads for column in ("target", "prediction")]
+                writer.writerow(["ID", *names, "correct"])
             for uid, pred, target in zip(self.ids, self.predictions, self.targets, strict=True):
-                writer.writerow([uid, labels[target], labels[pred], int(pred == target)])
+                cells = [
+                    label
+                    for h, head in enumerate(heads)
+                    for label in (head.labels[target[h]], head.labels[pred[h]])
+                ]
+                writer.writerow([uid, *cells, int(pred == target)])
         os.replace(tmp, path)
 
 
 class UtteranceClassificationBrain(CALDBrain):
-    """One label per utterance from a pooled `cald_brain.models.SpeechModel` (teacher and student alike).
+    """One label per utterance and head from a pooled `cald_brain.models.SpeechModel` (teacher and student
+    alike).
 
-    Batches carry ``sig`` (waveforms, relative lengths), ``label`` (class indices) and ``loss_units`` (see
-    `cross_entropy_per_unit`), the last two as plain lists (SpeechBrain pads tensors, not numbers). Dev
-    accuracy (``ACC``) picks the best checkpoint; the test stage writes ``test_predictions_file`` and
-    ``test_metrics_file`` (hparams keys).
+    Batches carry ``sig`` (waveforms, relative lengths), ``label`` (a tuple of class indices, one per head)
+    and ``loss_units`` (see `cross_entropy_per_unit`), the last two as plain lists (SpeechBrain pads tensors,
+    not numbers). Dev accuracy (``ACC``, the mean over heads) picks the best checkpoint; with several heads
+    ``ACC_<key>`` per head and ``ACC_<joint_name>`` (every head right) are logged beside it. The test stage
+    writes ``test_predictions_file`` and ``test_metrics_file`` (hparams keys).
     """
 
     best_key = "ACC"
     best_is_max = True
 
-    def __init__(self, labels: Sequence[str], **kwargs: Any) -> None:
+    def __init__(self, heads: Sequence[LabelHead], joint_name: str = "joint", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.labels = list(labels)
+        self.heads = list(heads)
+        self.head_sizes = [len(head.labels) for head in self.heads]
+        self.joint_name = joint_name
         self.stats = ClassificationStats()
 
     def forward_model(self, model, batch, stage) -> ModelOutputs:
@@ -93,65 +153,83 @@ class UtteranceClassificationBrain(CALDBrain):
 
     def task_loss(self, outputs: ModelOutputs, batch, stage) -> torch.Tensor:
         device = outputs.logits.device
-        targets = torch.as_tensor(batch.label, device=device)
-        return cross_entropy_per_unit(
-            outputs.logits, targets, torch.as_tensor(batch.loss_units, device=device)
+        return heads_cross_entropy(
+            outputs.logits.split(self.head_sizes, dim=-1),
+            torch.as_tensor(batch.label, device=device),
+            torch.as_tensor(batch.loss_units, device=device),
         )
 
     def update_metrics(self, outputs: ModelOutputs, batch, stage) -> None:
-        self.stats.append(batch.id, outputs.logits, torch.as_tensor(batch.label))
+        self.stats.append(
+            batch.id, outputs.logits.split(self.head_sizes, dim=-1), torch.as_tensor(batch.label)
+        )
 
     def on_stage_start(self, stage, epoch=None) -> None:
         if stage != sb.Stage.TRAIN:
             self.stats = ClassificationStats()
 
     def stage_metrics(self, stage) -> dict[str, float]:
-        return {"ACC": self.stats.accuracy()}
+        metrics = {"ACC": self.stats.accuracy()}
+        if len(self.heads) > 1:
+            accuracies = self.stats.head_accuracies() or [0.0] * len(self.heads)
+            metrics.update({f"ACC_{h.key}": a for h, a in zip(self.heads, accuracies, strict=True)})
+            metrics[f"ACC_{self.joint_name}"] = self.stats.joint_accuracy()
+        return metrics
 
     def test_results(self, stats: dict[str, float]) -> dict[str, float]:
-        return {"ACC": stats["ACC"], "utterances": len(self.stats.ids)}
+        return {**{k: v for k, v in stats.items() if k.startswith("ACC")}, "utterances": len(self.stats.ids)}
 
     def write_test_files(self) -> None:
-        self.stats.write_predictions(self.hparams.test_predictions_file, self.labels)
+        self.stats.write_predictions(self.hparams.test_predictions_file, self.heads)
 
 
-def label_pipeline(labels: Sequence[str], label_key: str, label_file: str | Path) -> Callable:
-    """Dynamic item: manifest column ``label_key`` -> ``label`` (the class index, an int)."""
-    index = {label: i for i, label in enumerate(labels)}
+def label_pipeline(heads: Sequence[LabelHead]) -> Callable:
+    """Dynamic item: the heads' manifest columns -> ``label`` (a tuple of class indices, one per head)."""
+    indices = [{label: i for i, label in enumerate(head.labels)} for head in heads]
 
-    @sb.utils.data_pipeline.takes(label_key)
+    @sb.utils.data_pipeline.takes(*[head.key for head in heads])
     @sb.utils.data_pipeline.provides("label")
-    def encode(value: str) -> int:
-        if value not in index:
-            raise KeyError(
-                f"{label_key} {value!r} is not in {label_file}: the manifests and the label file come from "
-                "different preparations; prepare again into a fresh save_folder"
-            )
-        return index[value]
+    def encode(*values: str) -> tuple[int, ...]:
+        for head, index, value in zip(heads, indices, values, strict=True):
+            if value not in index:
+                raise KeyError(
+                    f"{head.key} {value!r} is not in {head.file}: the manifests and the label file come from "
+                    "different preparations; prepare again into a fresh save_folder"
+                )
+        return tuple(index[value] for index, value in zip(indices, values, strict=True))
 
     return encode
 
 
-def check_num_classes(labels: Sequence[str], num_classes: int, key: str, label_file: str | Path) -> None:
-    """The head size in the hparams must match the prepared label set."""
-    if len(labels) != num_classes:
+def check_heads(heads: Sequence[LabelHead], hparams: dict, key: str = "num_outputs") -> None:
+    """Before training: the head sizes in ``hparams[key]`` (an int for one head, a list for several) must
+    match the prepared label sets, and logit distillation (alpha_kd > 0) needs a single head."""
+    sizes = [len(head.labels) for head in heads]
+    value = hparams[key]
+    expected = sizes[0] if len(heads) == 1 else sizes
+    given = value if isinstance(value, int) else list(value)
+    if given != expected and not (len(heads) == 1 and given == [sizes[0]]):
+        listed = ", ".join(f"{head.file} lists {len(head.labels)} {head.key} labels" for head in heads)
+        fix = str(expected).replace(" ", "")
+        raise RecipeError(f"{key} is {value} but {listed}: set --{key}={fix}")
+    if len(heads) > 1 and hparams.get("alpha_kd", 0.0) > 0:
         raise RecipeError(
-            f"{key} is {num_classes} but {label_file} lists {len(labels)} classes: set --{key}={len(labels)}"
+            f"alpha_kd is {hparams['alpha_kd']} but the classifier has {len(heads)} heads "
+            f"({', '.join(head.key for head in heads)}): logit distillation is one softmax over one head. "
+            "Set --alpha_kd=0 (the reference's classifier runs use 0) or train a single head"
         )
 
 
 def build_datasets(
     hparams: dict,
-    label_key: str,
-    label_file: str | Path,
+    heads: Sequence[LabelHead],
     units_item: Callable,
     train_items: Sequence[Callable] = (),
-) -> tuple[dict[str, sb.dataio.dataset.DynamicItemDataset], list[str]]:
+) -> dict[str, sb.dataio.dataset.DynamicItemDataset]:
     """Train/dev/test datasets from ``<save_folder>/{train,dev,test}.csv`` with ``sig`` (whole files),
-    ``label`` (from ``label_key`` through ``label_file``) and ``loss_units`` (``units_item``, a dynamic
-    item providing it); ``train_items`` (e.g. a random crop replacing ``sig``) apply to the training set
-    only. Dev and test are sorted by duration (less padding). Returns the datasets and the labels."""
-    labels = read_labels(Path(label_file))
+    ``label`` (the ``heads``' columns through their label files) and ``loss_units`` (``units_item``, a
+    dynamic item providing it); ``train_items`` (e.g. a random crop replacing ``sig``) apply to the training
+    set only. Dev and test are sorted by duration (less padding)."""
     datasets = {}
     for split in SPLITS:
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(
@@ -163,17 +241,20 @@ def build_datasets(
     sb.dataio.dataset.add_dynamic_item(items, audio_pipeline(hparams["sample_rate"], segmented=False))
     for item in train_items:
         datasets["train"].add_dynamic_item(item)
-    sb.dataio.dataset.add_dynamic_item(items, label_pipeline(labels, label_key, label_file))
+    sb.dataio.dataset.add_dynamic_item(items, label_pipeline(heads))
     sb.dataio.dataset.add_dynamic_item(items, units_item)
     sb.dataio.dataset.set_output_keys(items, ["id", "sig", "label", "loss_units"])
-    return datasets, labels
+    return datasets
 
 
-def run(hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]) -> UtteranceClassificationBrain:
+def run(
+    hparams: dict, run_opts: dict, datasets: dict, heads: Sequence[LabelHead], joint_name: str = "joint"
+) -> UtteranceClassificationBrain:
     """Fit on train (dev accuracy picks the best checkpoint; the batches come from the hparams'
     `train_sampler`), then test that checkpoint."""
     brain = UtteranceClassificationBrain(
-        labels=labels,
+        heads=heads,
+        joint_name=joint_name,
         modules=hparams["modules"],
         hparams=hparams,
         run_opts=run_opts,

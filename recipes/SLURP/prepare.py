@@ -16,8 +16,9 @@ Writes into ``save_folder``:
   ``intent`` field, which differs for some records (slurp_id 962: scenario ``iot``, action ``hue_lightup``,
   field ``hue_lightup``; our label ``iot_hue_lightup``). A recording listed twice is kept once (its first
   listing, in the order train, train_synthetic, devel, test, as the reference does).
-- ``intents.txt``: the label set, built from all splits (as the reference does), one per line. It is written
-  by the first preparation and then fixed: a later preparation that would change it is an error.
+- ``scenarios.txt``, ``actions.txt`` (the two heads the reference trains) and ``intents.txt`` (the single-head
+  option): the label sets, built from all splits (as the reference does), one per line. Each is written by
+  the first preparation and then fixed: a later preparation that would change it is an error.
 
 Run alone with ``python prepare.py --data_folder /path/to/SLURP --save_folder DIR``.
 """
@@ -40,8 +41,10 @@ logger = logging.getLogger(__name__)
 CSV_COLUMNS = ("ID", "duration", "wav", "slurp_id", "scenario", "action", "intent", "transcript")
 ANNOTATION_FOLDERS = ("dataset/slurp", "slurp/dataset/slurp")
 LABEL_FILE = "intents.txt"
+# Label column -> its label file: the heads `label_heads` can name.
+LABEL_FILES = {"scenario": "scenarios.txt", "action": "actions.txt", "intent": LABEL_FILE}
 OPTIONS_FILE = "slurp_prepare.json"
-PREPARE_VERSION = 1  # bump when the output format changes, so old manifests are re-prepared
+PREPARE_VERSION = 2  # bump when the output format changes, so old manifests are re-prepared
 SAMPLE_RATE = 16000
 REQUIRED_FIELDS = ("slurp_id", "sentence", "scenario", "action", "recordings")
 
@@ -152,7 +155,7 @@ def _source_rows(
 
 
 def prepare_slurp(data_folder: str | Path, save_folder: str | Path, skip_prep: bool = False) -> None:
-    """Write ``train.csv``, ``dev.csv``, ``test.csv`` and ``intents.txt`` for SLURP into ``save_folder``.
+    """Write ``train.csv``, ``dev.csv``, ``test.csv`` and the label files for SLURP into ``save_folder``.
 
     Nothing is done when the outputs exist and were made from the same ``data_folder`` (recorded in
     ``slurp_prepare.json``, written last).
@@ -164,7 +167,8 @@ def prepare_slurp(data_folder: str | Path, save_folder: str | Path, skip_prep: b
         raise FileNotFoundError(f"SLURP data_folder {data_folder} does not exist")
     options = {"version": PREPARE_VERSION, "data_folder": str(data_folder)}
     options_path = save_folder / OPTIONS_FILE
-    outputs = [save_folder / f"{split}.csv" for split in SPLITS] + [save_folder / LABEL_FILE]
+    outputs = [save_folder / f"{split}.csv" for split in SPLITS]
+    outputs += [save_folder / name for name in LABEL_FILES.values()]
     if is_prepared(options_path, options, outputs):
         logger.info("SLURP manifests in %s are up to date, skipping preparation", save_folder)
         return
@@ -184,7 +188,15 @@ def prepare_slurp(data_folder: str | Path, save_folder: str | Path, skip_prep: b
             if not split_rows[split]:
                 raise ValueError(f"No recording for the {split} split in {annotations}")
     write_labelled_manifests(
-        save_folder, CSV_COLUMNS, split_rows, "intent", LABEL_FILE, "intent", options_path, options
+        save_folder,
+        CSV_COLUMNS,
+        split_rows,
+        "intent",
+        LABEL_FILE,
+        "intent",
+        options_path,
+        options,
+        more_labels={key: (name, key) for key, name in LABEL_FILES.items() if key != "intent"},
     )
 
 
@@ -193,7 +205,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data_folder", required=True, help="SLURP root (slurp_real/, slurp_synth/, ...)")
-    parser.add_argument("--save_folder", required=True, help="where train/dev/test.csv and intents.txt go")
+    parser.add_argument("--save_folder", required=True, help="output folder (manifests, label files)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prepare_slurp(args.data_folder, args.save_folder)

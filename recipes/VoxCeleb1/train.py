@@ -48,17 +48,16 @@ def main() -> None:
             "skip_prep": hparams["skip_prep"],
         },
     )
-    label_file = os.path.join(hparams["save_folder"], prepare.LABEL_FILE)
-    datasets, labels = task.build_datasets(
+    heads = [task.LabelHead.read("spk_id", os.path.join(hparams["save_folder"], prepare.LABEL_FILE))]
+    task.check_heads(heads, hparams)
+    datasets = task.build_datasets(
         hparams,
-        "spk_id",
-        label_file,
+        heads,
         constant_units(hparams["loss_units_per_utterance"]),
         train_items=[crop_pipeline(hparams["train_crop_seconds"], hparams["sample_rate"])],
     )
-    task.check_num_classes(labels, hparams["num_outputs"], "num_outputs", label_file)
 
-    task.run(hparams, run_opts, datasets, labels)
+    task.run(hparams, run_opts, datasets, heads)
 
 
 if __name__ == "__main__":

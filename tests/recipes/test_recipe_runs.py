@@ -69,7 +69,7 @@ RECIPES = {
         "--grad_accumulation_factor=1",
         "--precision=fp32",
         "--num_workers=0",
-        "--num_outputs=5",
+        "--num_outputs=[5,4]",  # the sample's 5 scenarios and 4 actions
     ),
     "recipes/VoxCeleb1": (
         f"--data_folder={SAMPLES / 'VoxCeleb1'}",

@@ -195,6 +195,34 @@ def test_pooled_classifier_labels_embedding_and_verification(tmp_path, sources):
     assert classifier.verify_files(wav, other)[0] < same
 
 
+def test_two_head_classifier_exports_one_label_per_head_and_the_joint_one(tmp_path, sources):
+    """SLURP's scenario and action heads: per-head softmax, labels from each head's own set, the joint
+    (intent) label with the product of the probabilities; the command line prints all three."""
+    heads = {"scenario": ["iot", "play"], "action": ["hue_lightup", "music", "query"]}
+    model = speech_student(sources["stable"], [2, 3], pooling="mean")
+    audio = np.random.default_rng(0).standard_normal(8000) * 0.1
+    wav = write_wav(tmp_path / "utt.wav", audio, 16000)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(audio).float()[None], torch.ones(1)).logits[0]
+    with pytest.raises(ValueError, match="needs labels="):
+        export_student(model, tmp_path / "bad", labels=LABELS)
+    folder = export_student(model, tmp_path / "slurp-student", labels=heads, joint_name="intent")
+    found = load(folder).classify_file(wav)
+    assert list(found) == ["scenario", "action", "intent"]
+    joint_score = 1.0
+    for (name, names), logits in zip(heads.items(), expected.split([2, 3]), strict=True):
+        probs = logits.softmax(dim=-1)
+        assert found[name][0] == names[int(probs.argmax())]
+        assert found[name][1] == pytest.approx(float(probs.max()), abs=1e-5)
+        joint_score *= found[name][1]
+    assert found["intent"] == (f"{found['scenario'][0]}_{found['action'][0]}", pytest.approx(joint_score))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cald_brain.inference", str(folder), wav], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"\tintent={found['intent'][0]}\t" in proc.stdout
+
+
 def test_text_classifier_export_pipeline_and_pairs(tmp_path):
     torch.manual_seed(0)
     model = TextClassifier(
