@@ -16,6 +16,8 @@ LayerDrop 0.1 and layer-norm layouts; roberta-base and EleutherAI/pythia-1b are 
 pretrained RoBERTa and Pythia, tokenizers included.
 """
 
+import csv
+import json
 import re
 import subprocess
 import sys
@@ -183,6 +185,13 @@ RUNS = {
     ),
     "pile-mamba2": Run("lm/Pile", "mamba2_target.yaml", ("--headdim=32", "--d_state=16"), resume=False),
     **classification_rows("slurp", "recipes/SLURP", "wav2vec2_ic.yaml"),
+    # The single-head option: one head over the intents (scenario_action), the sample's 5.
+    "slurp-intent-unguided": Run(
+        "recipes/SLURP",
+        "bimamba2_unguided.yaml",
+        (*TINY_BIMAMBA2, "--label_heads=[intent]", "--num_outputs=5"),
+        resume=False,
+    ),
     **classification_rows("voxceleb1", "recipes/VoxCeleb1", "wav2vec2_sid.yaml"),
 }
 
@@ -249,11 +258,12 @@ def launch(run: Run, out: Path, epochs: int, outputs: dict[str, Path], env: dict
     """One debug invocation (2 training batches per epoch) of `run` into `out`."""
     recipe_dir = ROOT / run.recipe
     overrides = [re.sub(r"\{out:([\w-]+)\}", lambda m: str(outputs[m.group(1)]), o) for o in run.overrides]
+    overridden = {o.split("=", 1)[0] for o in overrides}  # a row's --key=value replaces the recipe's
     cmd = [
         sys.executable,
         str(recipe_dir / "train.py"),
         f"hparams/{run.hparams}",
-        *RECIPES[run.recipe],
+        *[a for a in RECIPES[run.recipe] if a.split("=", 1)[0] not in overridden],
         f"--output_folder={out}",
         "--device=cpu",
         "--debug",
@@ -320,6 +330,24 @@ def test_recipe_run(row, first_epoch):
     if run.resume:
         launch(run, out, 2, first_epoch.outputs, first_epoch.env)
         assert train_epochs(out) == [1, 2]
+
+
+def test_slurp_reports_both_heads_and_the_intent(first_epoch):
+    """The reference's metric (the mean of the scenario and action accuracies) picks the checkpoint; intent
+    accuracy is reported beside it, and the predictions file has one target/prediction pair per head. The
+    single-head option reports plain accuracy."""
+    out = first_epoch("slurp-teacher")
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert {"ACC", "ACC_scenario", "ACC_action", "ACC_intent"} <= set(metrics)
+    assert metrics["ACC"] == pytest.approx((metrics["ACC_scenario"] + metrics["ACC_action"]) / 2)
+    assert metrics["ACC_intent"] <= min(metrics["ACC_scenario"], metrics["ACC_action"])
+    with open(out / "test_predictions.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == [
+        "ID", "scenario_target", "scenario_prediction", "action_target", "action_prediction", "correct",
+    ]  # fmt: skip
+    single = json.loads((first_epoch("slurp-intent-unguided") / "test_metrics.json").read_text())
+    assert "ACC" in single and not any(key.startswith("ACC_") for key in single)
 
 
 def test_tedlium_student_exports_and_transcribes_from_another_directory(first_epoch, tmp_path):

@@ -87,10 +87,15 @@ def test_a_recording_listed_twice_is_kept_once(prepared):
     assert all(wavs.count(f) == 1 for f in twice)
 
 
-def test_label_set_from_all_splits(prepared):
-    intents = (prepared / prepare.LABEL_FILE).read_text().splitlines()
-    every = {row["intent"] for split in SOURCES for row in _read_csv(prepared / f"{split}.csv")}
-    assert intents == sorted(every) and len(intents) == 5
+def test_label_sets_from_all_splits(prepared):
+    """One label file per head `label_heads` can name: intents, and the reference's scenarios and actions."""
+    rows = [row for split in SOURCES for row in _read_csv(prepared / f"{split}.csv")]
+    sizes = {}
+    for key, name in prepare.LABEL_FILES.items():
+        labels = (prepared / name).read_text().splitlines()
+        assert labels == sorted({row[key] for row in rows}), name
+        sizes[key] = len(labels)
+    assert sizes == {"scenario": 5, "action": 4, "intent": 5}  # the recipe rows' --num_outputs=[5,4]
 
 
 def test_annotations_in_dataset_slurp_give_the_same_manifests(tmp_path, prepared):
@@ -121,6 +126,7 @@ def test_a_changed_label_set_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"intents\.txt fixes the intent set.*iot_hue_lightdim"):
         prepare.prepare_slurp(root, save)
     assert (save / prepare.LABEL_FILE).read_text().count("\n") == 5
+    assert (save / prepare.LABEL_FILES["action"]).read_text().count("\n") == 4  # nothing half-written
 
 
 def test_a_recording_missing_on_disk_names_the_file_and_the_jsonl_line(tmp_path):
