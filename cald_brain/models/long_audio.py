@@ -14,10 +14,12 @@ activations at 1/5 and 1/10 of the sample rate (about 6 GB for 5 minutes at base
 - Waveform normalisation (`do_normalize`): mean and variance from a streaming pass; each piece is
   normalised as it is read, the normalised waveform is never materialised.
 - Feature projection (position-wise): applied per piece and written into the one (1, frames, hidden) tensor.
-- Encoder: the positional convolution and the token mixers see the whole sequence (a BiMamba2 student's
-  state carries across the whole recording); the feed-forward blocks, position-wise, run in time pieces,
-  so their 4x-wide intermediate activations never exist for the whole recording. No intermediate hidden
-  state is kept.
+- Encoder: the positional convolution sees the whole sequence. The feed-forward blocks (position-wise) run
+  in time pieces, so their 4x-wide intermediate activations never exist for the whole recording. A
+  BiMamba2 student's mixers, on the pure-PyTorch path, run each direction piece by piece with the
+  convolution and SSM state carried across pieces (`BiMamba2.forward_in_pieces`): the state still spans
+  the whole recording, the temporaries one piece. No intermediate hidden state is kept, so what grows with
+  the length is a few (frames, hidden) tensors per layer.
 
 The teacher's self-attention is quadratic in time. Through SDPA (transformers' default) its memory stays
 linear (fused kernels never build the frames x frames matrix); with eager attention `check_attention_fits`
@@ -25,7 +27,7 @@ refuses lengths whose score matrices do not fit in free memory, and names the lo
 """
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+
+from cald_brain.mixers.ops.kernels import use_cuda_kernels
 
 SAMPLE_RATE = 16_000  # every wav2vec2-family checkpoint's input rate
 WAV_NORM_EPS = 1e-7  # as in the feature extractor's zero-mean unit-variance normalisation
@@ -177,30 +181,44 @@ def encode_features(
     return hidden
 
 
+def position_wise_in_pieces(plain: Callable, piece_frames: int) -> Callable:
+    """A position-wise (batch, frames, dim) -> (batch, frames, dim') forward run on `piece_frames` frames
+    at a time, so that its intermediate activations exist for one piece only."""
+
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        out = None
+        for start in range(0, hidden_states.shape[1], piece_frames):
+            piece = plain(hidden_states[:, start : start + piece_frames])
+            if out is None:
+                out = piece.new_empty(*hidden_states.shape[:2], *piece.shape[2:])
+            out[:, start : start + piece.shape[1]] = piece
+        return out
+
+    return forward
+
+
+def mixer_in_pieces(mixer: nn.Module, piece_frames: int) -> Callable:
+    """A bidirectional mixer's forward on one unpadded sequence, through its `forward_in_pieces` (state
+    carried across pieces)."""
+
+    def forward(hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise ValueError("a mixer run in pieces takes one unpadded sequence (mask None)")
+        return mixer.forward_in_pieces(hidden_states, piece_frames)
+
+    return forward
+
+
 @contextmanager
-def position_wise_in_pieces(modules: list[nn.Module], piece_frames: int) -> Iterator[None]:
-    """Within the block, each of `modules` (position-wise, (batch, frames, dim) -> (batch, frames, dim'))
-    runs on `piece_frames` frames at a time, so its intermediate activations exist for one piece only."""
-
-    def in_pieces(plain: Any) -> Any:
-        def forward(hidden_states: torch.Tensor) -> torch.Tensor:
-            out = None
-            for start in range(0, hidden_states.shape[1], piece_frames):
-                piece = plain(hidden_states[:, start : start + piece_frames])
-                if out is None:
-                    out = piece.new_empty(*hidden_states.shape[:2], *piece.shape[2:])
-                out[:, start : start + piece.shape[1]] = piece
-            return out
-
-        return forward
-
-    for module in modules:
-        module.forward = in_pieces(module.forward)
+def replaced_forwards(replacements: dict[nn.Module, Callable]) -> Iterator[None]:
+    """Within the block, each module's forward is the given function (its class's forward afterwards)."""
+    for module, forward in replacements.items():
+        module.forward = forward
     try:
         yield
     finally:
-        for module in modules:
-            del module.forward  # back to the class's forward
+        for module in replacements:
+            del module.forward
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -240,7 +258,14 @@ def encode_long(
     module docstring. Inference only: call under torch.no_grad() with the model in eval mode."""
     hidden = encode_features(model, wav, normalize, piece_frames)
     check_attention_fits(model, hidden.shape[1], hidden.dtype, hidden.device)
-    layers = model.encoder.layers
-    feed_forwards = [layer.feed_forward for layer in layers if hasattr(layer, "feed_forward")]
-    with position_wise_in_pieces(feed_forwards, piece_frames):
+    replacements = {}
+    for layer in model.encoder.layers:
+        if hasattr(layer, "feed_forward"):
+            replacements[layer.feed_forward] = position_wise_in_pieces(
+                layer.feed_forward.forward, piece_frames
+            )
+        mixer = getattr(layer.attention, "mixer", None)
+        if hasattr(mixer, "forward_in_pieces") and use_cuda_kernels(hidden) is None:
+            replacements[mixer] = mixer_in_pieces(mixer, piece_frames)
+    with replaced_forwards(replacements):
         return model.encoder(hidden, attention_mask=None).last_hidden_state

@@ -1,11 +1,13 @@
 """cald_brain.models.long_audio: one whole recording through the encoder in pieces equals the plain forward
 pass (feature encoder in both layouts, odd lengths, many pieces; teacher and BiMamba2 student; CTC and pooled
-heads; a minute of audio in one call), and the eager-attention guard."""
+heads; a minute of audio in one call), BiMamba2 run in pieces with its state carried, and the
+eager-attention guard."""
 
 import pytest
 import torch
 from conftest import LAYOUTS, tiny_audio_checkpoint
 
+from cald_brain.mixers import BiMamba2
 from cald_brain.models import SpeechEncoder, SpeechModel
 from cald_brain.models.long_audio import (
     SAMPLE_RATE,
@@ -62,6 +64,18 @@ def test_chunked_feature_encoder_equals_whole(layout, geometry, n_samples, tmp_p
             got = encode_features(model, wav, normalize, piece_frames=3)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("piece", [7, 32, 100])
+@pytest.mark.parametrize("options", [{}, {"residual_inside": True, "post_norm": True}])
+def test_bimamba2_in_pieces_equals_forward(piece, options):
+    """Pieces shorter than, equal to and longer than the scan chunk (rounded up to it), 203 steps (the last
+    piece partial in both directions), conv and SSM state carried across pieces."""
+    torch.manual_seed(5)
+    mixer = BiMamba2(64, d_state=16, headdim=16, **options).eval()
+    x = torch.randn(1, 203, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer.forward_in_pieces(x, piece), mixer(x), rtol=1e-4, atol=1e-5)
 
 
 def speech_model(source: str, mixer: str | None, pooling: str | None) -> SpeechModel:
