@@ -273,7 +273,8 @@ def main() -> None:
     text = table(results)
     write_atomically(args.out / "longform.md", text + "\n")
     print(text)
-    title = f"wav2vec2-{args.size} width, {config['threads']} threads, forward_long"
+    threads = config["threads"]
+    title = f"wav2vec2-{args.size} width, {threads} thread{'s' * (threads > 1)}, forward_long"
     plotted = not args.no_plot and plot(results, title, args.out / "longform.png")
     print(f"wrote {args.out}/longform.json, longform.md" + (", longform.png" if plotted else ""))
 
