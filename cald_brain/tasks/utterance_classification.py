@@ -181,4 +181,5 @@ def run(hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]) ->
     )
     brain.fit_datasets(datasets["train"], datasets["dev"])
     brain.test_best(datasets["test"])
+    brain.log_next_steps()
     return brain
