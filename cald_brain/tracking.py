@@ -45,17 +45,22 @@ class TensorBoardSink:
 
 class WandbSink:
     """One W&B run (project from $WANDB_PROJECT, default "cald_brain"; named after the output folder), with
-    the run's top-level plain hparams as its config."""
+    the run's top-level plain hparams as its config. Its id comes from the output folder, so a resumed or
+    requeued run continues the same W&B run."""
 
     def __init__(self, folder: Path, config: dict[str, Any]) -> None:
+        import hashlib
         import os
 
         import wandb
 
         folder.mkdir(parents=True, exist_ok=True)
+        output_folder = str(folder.parent.resolve())
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "cald_brain"),
             name=str(folder.parent),
+            id=hashlib.sha1(output_folder.encode()).hexdigest()[:16],
+            resume="allow",
             dir=str(folder),
             config=config,
         )
