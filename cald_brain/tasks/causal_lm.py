@@ -61,9 +61,6 @@ class CausalLMBrain(CALDBrain):
     def test_results(self, stats: dict[str, float]) -> dict[str, float]:
         return {"perplexity": stats["perplexity"], "loss": stats["loss"]}
 
-    def valid_log_meta(self) -> dict[str, float]:
-        return {"lr": self.optimizer.param_groups[0]["lr"]}
-
 
 def check_guidance_mode(hparams: dict) -> None:
     """Only unguided, target and hybrid guidance apply to causal language modelling."""

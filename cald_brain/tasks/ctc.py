@@ -212,4 +212,5 @@ def run(hparams: dict, run_opts, datasets: dict, units: CharUnits | PieceUnits) 
     )
     brain.fit_datasets(datasets["train"], datasets["dev"])
     brain.test_best(datasets["test"])
+    brain.log_next_steps()
     return brain

@@ -186,4 +186,5 @@ def run(hparams: dict[str, Any], run_opts: Any, datasets: dict, task: TextTask) 
     )
     brain.fit_datasets(datasets["train"], datasets[task.dev_splits[0]])
     brain.evaluate_splits(datasets)
+    brain.log_next_steps()
     return brain

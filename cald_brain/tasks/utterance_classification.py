@@ -262,4 +262,5 @@ def run(
     )
     brain.fit_datasets(datasets["train"], datasets["dev"])
     brain.test_best(datasets["test"])
+    brain.log_next_steps()
     return brain

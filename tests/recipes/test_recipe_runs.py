@@ -140,7 +140,12 @@ RUNS = {
         from_recipe_folder=True,
     ),
     "tedlium-unguided": Run("recipes/TEDLIUM", "bimamba2_unguided.yaml", TINY_BIMAMBA2),
-    "tedlium-trajectory": Run("recipes/TEDLIUM", "bimamba2_trajectory.yaml", TINY_BIMAMBA2),
+    # Also the tracking options, given on the command line (test_tensorboard_logger_beside_train_log).
+    "tedlium-trajectory": Run(
+        "recipes/TEDLIUM",
+        "bimamba2_trajectory.yaml",
+        (*TINY_BIMAMBA2, "--logger=tensorboard", "--log_every_n_steps=1"),
+    ),
     "tedlium-target": Run(
         "recipes/TEDLIUM",
         "bimamba2_target.yaml",
@@ -377,3 +382,37 @@ def test_tedlium_student_exports_and_transcribes_from_another_directory(first_ep
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith(f"{wav}\t") and proc.stdout.count("\n") == 1
     assert "guidance mode: trajectory" in (tmp_path / "student" / "README.md").read_text()
+
+
+def test_tensorboard_logger_beside_train_log(first_epoch):
+    """`--logger=tensorboard --log_every_n_steps=1` on the command line: TensorBoard event files with a
+    scalar per optimizer step for each loss term and the lr, and train_log.txt still written, with the same
+    step lines."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cald_brain.run_logs import read_train_log
+
+    out = first_epoch("tedlium-trajectory")
+    step_lines = [line for line in read_train_log(out) if line.is_step_line]
+    assert [line.x for line in step_lines][:2] == [1.0, 2.0]
+    assert {"task", "ld", "ld_1", "teacher_task", "lr"} <= set(step_lines[0].stats["train"])
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    for key in ("loss", "task", "ld", "ld_1", "teacher_task", "lr"):
+        scalars = events.Scalars(f"train/{key}")
+        assert [s.step for s in scalars][:2] == [1, 2], key
+        assert scalars[0].value == pytest.approx(step_lines[0].stats["train"][key], rel=0.01), key
+    assert "valid/WER" in events.Tags()["scalars"]
+
+
+def test_teacher_run_ends_with_the_student_commands(first_epoch):
+    """A teacher run's log ends with the commands of the students that read it (same data arguments, its
+    save folder as --teacher_path) and names the SLURM helper."""
+    out = first_epoch("tedlium-teacher")
+    tail = (out / "log.txt").read_text().split("Teacher run finished")[-1]
+    for name in ("bimamba2_target.yaml", "bimamba2_waypoint.yaml", "bimamba2_hybrid.yaml"):
+        assert f"hparams/{name}" in tail, name
+    assert "bimamba2_trajectory.yaml" not in tail and "bimamba2_unguided.yaml" not in tail
+    assert f"--teacher_path={out}/save" in tail and "--output_folder" not in tail
+    assert f"--data_folder={SAMPLES / 'TEDLIUM_release-3'}" in tail
+    assert "tools/slurm/submit.py" in tail
