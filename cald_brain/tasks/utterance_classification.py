@@ -146,8 +146,10 @@ def build_datasets(
     label_file: str | Path,
     units_item: Callable,
     train_items: Sequence[Callable] = (),
+    segmented: bool = False,
 ) -> tuple[dict[str, sb.dataio.dataset.DynamicItemDataset], list[str]]:
-    """Train/dev/test datasets from ``<save_folder>/{train,dev,test}.csv`` with ``sig`` (whole files),
+    """Train/dev/test datasets from ``<save_folder>/{train,dev,test}.csv`` with ``sig`` (whole files, or with
+    ``segmented`` the manifests' ``start``/``stop`` seconds of them),
     ``label`` (from ``label_key`` through ``label_file``) and ``loss_units`` (``units_item``, a dynamic
     item providing it); ``train_items`` (e.g. a random crop replacing ``sig``) apply to the training set
     only. Dev and test are sorted by duration (less padding). Returns the datasets and the labels."""
@@ -160,7 +162,7 @@ def build_datasets(
         )
         datasets[split] = data if split == "train" else data.filtered_sorted(sort_key="duration")
     items = list(datasets.values())
-    sb.dataio.dataset.add_dynamic_item(items, audio_pipeline(hparams["sample_rate"], segmented=False))
+    sb.dataio.dataset.add_dynamic_item(items, audio_pipeline(hparams["sample_rate"], segmented=segmented))
     for item in train_items:
         datasets["train"].add_dynamic_item(item)
     sb.dataio.dataset.add_dynamic_item(items, label_pipeline(labels, label_key, label_file))
