@@ -154,9 +154,9 @@ def normalize_manifest(
     Required columns: ``ID``, ``wav`` and ``targets``; ``duration``, ``start`` and ``stop`` are optional.
     ``wav`` becomes an absolute path: ``$data_root`` in it is replaced by ``data_root`` (SpeechBrain's
     convention), then a relative path is taken from the CSV's own folder. Every audio file's header is read
-    (a missing or unreadable file is an error here, not mid-epoch); an empty ``duration`` is computed from
-    the header and ``start``/``stop``; audio must be mono at ``sample_rate`` Hz (an empty ``start``/``stop`` means the beginning/end of the file).
-    Every problem names the file, the line and the column.
+    (a missing or unreadable file is an error here, not mid-epoch; audio must be mono at ``sample_rate``
+    Hz); an empty ``duration`` is computed from the header and ``start``/``stop`` (an empty ``start`` /
+    ``stop`` means the beginning / end of the file). Every problem names the file, the line and the column.
     """
     from cald_brain.data.audio import listed_audio_info  # soundfile: only for speech manifests
 

@@ -8,13 +8,14 @@ Input: three CSV files (train, valid, test), one row per utterance::
 
 ``wav`` is an absolute path, a path relative to the CSV file's folder, or ``$data_root/...`` (replaced by
 ``data_folder``). Empty ``duration`` is read from the audio header; empty ``start``/``stop`` mean the whole
-file. Output in ``save_folder``: ``train.csv``, ``dev.csv``, ``test.csv`` (``ID, duration, wav, start, stop,
-<target>``, absolute paths) and, fixed at the first preparation (a later one that would change them is an
-error), ``labels.txt`` (classification: one label per line, line i = class i) or ``characters.txt`` (CTC
-with ``characters`` unset: every character of the three manifests' transcripts, one per line; a character
-only dev or test use is then an output the model never learns, not a crash). A label seen only in
-valid/test is a warning; every other problem (missing column, missing or unreadable audio, empty split,
-non-numeric duration/start/stop, a transcript character outside the character set) stops here, naming the
+file. Output in ``save_folder``: ``train.csv``, ``dev.csv``, ``test.csv`` (``ID, duration, wav, start,
+stop`` then ``wrd`` or ``class_name`` (the label), absolute paths) and, fixed at the first preparation (a
+later one that would change them is an error), ``labels.txt`` (classification: one label per line, line
+i = class i) or ``characters.txt`` (CTC with ``characters`` unset: every character of the three manifests'
+transcripts, one per line; a character only dev or test use is then an output the model never learns, not
+a crash). A label seen only in valid/test is a warning; every other problem (missing column, missing or
+unreadable audio, empty split, non-numeric duration/start/stop, a transcript character outside the
+character set) stops here, naming the
 file, line and column, before any model is built.
 
 Run alone: ``python prepare.py --train_csv a.csv --valid_csv b.csv --test_csv c.csv --save_folder DIR``.
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 TASKS = ("ctc", "classification")
 SPLITS = {"train": "train_csv", "dev": "valid_csv", "test": "test_csv"}  # output split: input option
 LABEL_FILE = "labels.txt"
+LABEL_KEY = "class_name"  # the prepared manifests' label column (the user's label_column)
 CHARACTERS_FILE = "characters.txt"
 OPTIONS_FILE = "csv_prepare.json"
 PREPARE_VERSION = 1  # bump when the output format or the checks change
@@ -118,9 +120,20 @@ def prepare_csv(
     split_rows = {
         split: normalize_manifest(path, [target], data_folder, sample_rate) for split, path in sources.items()
     }
-    if task == "classification":
+    if task == "classification":  # the label under LABEL_KEY: the pipeline's `label` is the class index
+        split_rows = {
+            split: [{**{c: row[c] for c in COLUMNS}, LABEL_KEY: row[target]} for row in rows]
+            for split, rows in split_rows.items()
+        }
         write_labelled_manifests(
-            save_folder, (*COLUMNS, target), split_rows, target, LABEL_FILE, "label", options_path, options
+            save_folder,
+            (*COLUMNS, LABEL_KEY),
+            split_rows,
+            LABEL_KEY,
+            LABEL_FILE,
+            "label",
+            options_path,
+            options,
         )
         return None
     save_folder.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def main() -> None:
         return
     label_file = os.path.join(hparams["save_folder"], prepare.LABEL_FILE)
     datasets, labels = classification.build_datasets(
-        hparams, hparams["label_column"], label_file, one_unit, segmented=True
+        hparams, prepare.LABEL_KEY, label_file, one_unit, segmented=True
     )
     classification.check_num_classes(labels, hparams["num_outputs"], "num_outputs", label_file)
     classification.run(hparams, run_opts, datasets, labels)
