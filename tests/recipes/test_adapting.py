@@ -82,7 +82,9 @@ def transcript_characters(corpus: Path) -> set[str]:
 
 
 def files_under(folder: Path) -> set[Path]:
-    return {p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    """The files under `folder`, but Python's and git's own."""
+    skip = {"__pycache__", ".git", ".pytest_cache", ".ruff_cache"}
+    return {p for p in folder.rglob("*") if p.is_file() and not skip.intersection(p.parts)}
 
 
 def recipe_run(script: Path, hparams: str, out: Path, *overrides: str, cwd: Path) -> None:
@@ -113,7 +115,7 @@ def csv_args(corpus: Path) -> tuple[str, ...]:
 def test_csv_corpus_trains_teacher_and_trajectory_student_writing_only_the_output_folder(corpus, tmp_path):
     """ADAPTING.md (a): `ID,wav,wrd` CSVs outside the repository, teacher then trajectory student, started
     from inside the corpus folder; nothing is written in the corpus folder or the repository."""
-    before_corpus, before_repo = files_under(corpus), files_under(ROOT / "recipes")
+    before_corpus, before_repo = files_under(corpus), files_under(ROOT)
     num_outputs = f"--num_outputs={len(transcript_characters(corpus)) + 1}"  # characters + blank
     teacher = tmp_path / "teacher"
     recipe_run(
@@ -139,7 +141,7 @@ def test_csv_corpus_trains_teacher_and_trajectory_student_writing_only_the_outpu
     )
     assert (student / "test_metrics.json").is_file()
     assert files_under(corpus) == before_corpus
-    assert files_under(ROOT / "recipes") == before_repo
+    assert files_under(ROOT) == before_repo
 
 
 def test_csv_corpus_trains_a_classifier(corpus, tmp_path):
@@ -149,6 +151,64 @@ def test_csv_corpus_trains_a_classifier(corpus, tmp_path):
     assert (out / "save" / "labels.txt").read_text().splitlines() == ["long", "short"]
     with open(out / "test_predictions.csv", encoding="utf-8") as f:
         assert {row["target"] for row in csv.DictReader(f)} <= {"long", "short"}
+
+
+@pytest.fixture(scope="module")
+def teacher(corpus, tmp_path_factory):
+    """The CTC and classification teacher runs (snapshots every step, for the waypoint students), once."""
+    done = {}
+
+    def run(task: str) -> Path:
+        if task not in done:
+            out = tmp_path_factory.mktemp("teachers") / task
+            recipe_run(
+                CSV_RECIPE / "train.py",
+                f"hparams/wav2vec2_{task}.yaml",
+                out,
+                *csv_args(corpus),
+                *task_overrides(corpus, task),
+                "--snapshot_every_steps=1",
+                cwd=corpus,
+            )
+            done[task] = out
+        return done[task]
+
+    return run
+
+
+def task_overrides(corpus: Path, task: str) -> tuple[str, ...]:
+    """num_outputs of the corpus for `task` (ctc: characters + blank; cls: the two labels, the default)."""
+    return (f"--num_outputs={len(transcript_characters(corpus)) + 1}",) if task == "ctc" else ()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task, mode",
+    [  # the CTC trajectory student runs in CI (the test above)
+        (task, mode)
+        for task in ("ctc", "cls")
+        for mode in ("unguided", "target", "waypoint", "hybrid", "trajectory")
+        if (task, mode) != ("ctc", "trajectory")
+    ],
+)
+def test_every_mode_trains_on_the_csv_corpus(corpus, teacher, tmp_path, task, mode):
+    """The five students of both tasks, the guided ones on the teacher run of their task."""
+    hparams = f"hparams/bimamba2_{mode}{'_cls' if task == 'cls' else ''}.yaml"
+    needs_teacher = mode in ("target", "waypoint", "hybrid")
+    extra = (f"--teacher_path={teacher(task)}/save",) if needs_teacher else ()
+    extra += ("--distill_until_step=1",) if mode == "hybrid" else ()
+    out = tmp_path / "out"
+    recipe_run(
+        CSV_RECIPE / "train.py",
+        hparams,
+        out,
+        *csv_args(corpus),
+        *task_overrides(corpus, task),
+        *TINY_BIMAMBA2,
+        *extra,
+        cwd=corpus,
+    )
+    assert (out / "test_metrics.json").is_file()
 
 
 @pytest.fixture
