@@ -59,8 +59,10 @@ class SpeechInterface(Interface):
 
     @torch.no_grad()
     def _encode_recording(self, wav: torch.Tensor) -> Any:
-        """The network's outputs (logits, hidden states, frame mask) for one whole recording (1, samples)."""
-        return self.net(wav.to(self.device), torch.ones(1, device=self.device))
+        """The network's outputs for one whole recording (1, samples) of any length, in one exact pass
+        (`SpeechModel.forward_long`: the feature encoder in pieces, memory linear in the length); the hidden
+        states hold only the encoder output."""
+        return self.net.forward_long(wav.to(self.device))
 
     @torch.no_grad()
     def _forward_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> Any:

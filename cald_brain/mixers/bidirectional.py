@@ -55,3 +55,15 @@ class BiMamba2(nn.Module):
         if lengths is not None:  # exact zeros, even where padded frames held inf or NaN
             out = out.masked_fill(~lengths_to_mask(lengths, out.shape[1]).unsqueeze(-1), 0.0)
         return out
+
+    def forward_in_pieces(self, hidden_states: torch.Tensor, piece: int) -> torch.Tensor:
+        """Inference on one long unpadded sequence: `forward` with each direction computed `piece` steps at a
+        time, its state carried across pieces (`Mamba2.forward_in_pieces`): equal up to float rounding, with
+        the mixers' temporaries for one piece only."""
+        out = self.mamba_fwd.forward_in_pieces(hidden_states, piece)
+        out = self.mamba_bwd.forward_in_pieces(hidden_states, piece, reverse=True, out=out)
+        if self.residual_inside:
+            out = out.add_(hidden_states)
+        if self.drop_non_finite:
+            out = torch.where(torch.isfinite(out), out, 0.0)
+        return out if self.norm is None else self.norm(out)

@@ -168,6 +168,50 @@ class Mamba2(nn.Module):
             y = self.norm(y, z)
         return self.out_proj(y)
 
+    def forward_in_pieces(
+        self, hidden_states: torch.Tensor, piece: int, reverse: bool = False, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Inference on long sequences: `forward` computed `piece` steps at a time (rounded up to a multiple
+        of `cpu_chunk_size`, so the scan's chunks are those of the whole sequence), the convolution's last
+        inputs and the SSM state carried from piece to piece. Equal to `forward` up to float rounding, with
+        temporaries for one piece only. `reverse`: read the sequence backwards, as `forward` of the flipped
+        sequence, flipped back. The output is added into `out` when given (else into a new tensor).
+        Pure-PyTorch path, no gradients."""
+        piece = -(-piece // self.cpu_chunk_size) * self.cpu_chunk_size
+        length = hidden_states.shape[1]
+        out = torch.zeros_like(hidden_states) if out is None else out
+        A = -torch.exp(self.A_log.float())
+        splits = dict(
+            split_size=[self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
+        )
+        conv_tail, state = None, None
+        bounds = [(start, min(start + piece, length)) for start in range(0, length, piece)]
+        if reverse:  # pieces cut from the end: the flipped sequence's
+            bounds = [(max(stop - piece, 0), stop) for stop in range(length, 0, -piece)]
+        for start, stop in bounds:
+            chunk = hidden_states[:, start:stop]
+            z, xBC, dt = self._project_in(chunk.flip(1) if reverse else chunk)
+            steps = stop - start
+            if conv_tail is not None:
+                xBC = torch.cat([conv_tail, xBC], dim=1)
+            conv_tail = xBC[:, -(self.d_conv - 1) :]
+            xBC = causal_conv1d_silu(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias)[:, -steps:]
+            x, B, C = xBC.split(**splits)
+            y, state = ssd_chunked(
+                x.unflatten(-1, (self.nheads, self.headdim)),
+                self._dt(dt),
+                A,
+                B.unflatten(-1, (self.ngroups, self.d_state)),
+                C.unflatten(-1, (self.ngroups, self.d_state)),
+                chunk_size=self.cpu_chunk_size,
+                D=self._skip(),
+                initial_state=state,
+                return_final_state=True,
+            )
+            y = self._gate_and_output(y.flatten(2), z)
+            out[:, start:stop].add_(y.flip(1) if reverse else y)
+        return out
+
     # --- recurrent decoding (mamba_ssm's inference-cache layout) --------------------------------------------
 
     def allocate_inference_cache(

@@ -26,6 +26,7 @@ from cald_brain.mixers.masking import lengths_to_mask
 
 from .layerdrop import install_layerdrop
 from .loading import given_or_loaded
+from .long_audio import SAMPLE_RATE, conv_output_lengths, encode_long, frame_geometry
 from .outputs import ModelOutputs
 
 POOLINGS = (None, "mean", "statistics", "attentive")
@@ -43,16 +44,6 @@ def read_do_normalize(source: str) -> bool:
             f"explicitly). {err}"
         ) from err
     return bool(getattr(extractor, "do_normalize", True))
-
-
-def conv_output_lengths(config: Any, lengths: torch.Tensor) -> torch.Tensor:
-    """Frames the convolutional feature encoder makes of `lengths` samples (config.conv_kernel/conv_stride,
-    no padding: floor((n - kernel) / stride) + 1 per layer)."""
-    if getattr(config, "add_adapter", False):
-        raise ValueError("audio encoders with add_adapter=True are not supported (their frame rate differs)")
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-    return lengths
 
 
 def normalize_padded(wavs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -133,6 +124,25 @@ class SpeechEncoder(nn.Module):
             hidden_states = (*hidden_states[:-1], out.last_hidden_state)  # after the final LayerNorm
         return out.last_hidden_state, hidden_states, frame_mask
 
+    def forward_long(self, wav: torch.Tensor, piece_seconds: float = 20.0) -> torch.Tensor:
+        """Last hidden state (1, frames, hidden) of ONE whole recording, (1, samples) or (samples,), of any
+        length, exactly as `forward` computes it, in memory linear in the length and small: the feature
+        encoder runs in `piece_seconds` pieces (see `cald_brain.models.long_audio`). Inference only."""
+        if self.training:
+            raise RuntimeError("forward_long is for inference: call .eval() on the model first")
+        if wav.dim() == 1:
+            wav = wav.unsqueeze(0)
+        if wav.dim() != 2 or wav.shape[0] != 1:
+            raise ValueError(
+                f"forward_long takes one recording, (samples,) or (1, samples); got {tuple(wav.shape)}"
+            )
+        _, stride = frame_geometry(self.model.config)
+        piece_frames = max(1, round(piece_seconds * SAMPLE_RATE / stride))
+        param = next(self.model.parameters())
+        with torch.no_grad():
+            wav = wav.to(device=param.device, dtype=param.dtype)
+            return encode_long(self.model, wav, self.normalize_wav, piece_frames)
+
 
 def masked_mean_std(feats: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, ...]:
     """Mean and standard deviation over the valid frames of (batch, frames, dim) features."""
@@ -203,3 +213,14 @@ class SpeechModel(nn.Module):
         if self.pooling is not None:
             feats = self.pooling(feats, mask)
         return ModelOutputs(logits=self.head(feats), hidden_states=hidden_states, mask=mask)
+
+    def forward_long(self, wav: torch.Tensor, piece_seconds: float = 20.0) -> ModelOutputs:
+        """`forward` for ONE whole recording of any length ((samples,) or (1, samples), no padding), exact
+        and memory-lean (`SpeechEncoder.forward_long`); inference only. Logits as `forward` gives them
+        (pooled over all frames for a classifier); hidden_states holds only the encoder output; the mask is
+        all True."""
+        with torch.no_grad():
+            feats = self.encoder.forward_long(wav, piece_seconds)
+            mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+            pooled = feats if self.pooling is None else self.pooling(feats, mask)
+            return ModelOutputs(logits=self.head(pooled), hidden_states=(feats,), mask=mask)

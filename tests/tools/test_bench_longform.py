@@ -1,0 +1,55 @@
+"""tools/bench_longform.py: what it skips (estimates from the previous length: the teacher's time grows
+quadratically, memory linearly above the model's own) and the table's ratios."""
+
+from conftest import load_repo_script
+
+bench = load_repo_script("tools/bench_longform.py", "bench_longform")
+
+
+def row(model: str, minutes: float, seconds: float, peak: float, before: float = 1.0) -> dict:
+    return dict(
+        model=model,
+        minutes=minutes,
+        seconds=seconds,
+        rtf=seconds / minutes / 60,
+        peak_gib=peak,
+        before_gib=before,
+    )
+
+
+def test_estimates_scale_from_the_previous_length():
+    done = [row("teacher", 1, 10.0, 2.0), row("student", 1, 8.0, 1.5)]
+    teacher = bench.estimate("teacher", 4, done)
+    student = bench.estimate("student", 4, done)
+    assert teacher == {"seconds": 160.0, "peak_gib": 1.0 + 4 * 1.0}
+    assert student == {"seconds": 32.0, "peak_gib": 1.0 + 4 * 0.5}
+    assert bench.estimate("floor", 4, done) is None  # nothing measured yet: run it
+
+
+def test_runs_that_would_not_fit_are_skipped_and_said_so(monkeypatch):
+    class Args:
+        minutes, models, plain, piece_seconds, threads = [1, 60], ["teacher"], False, 20, 1
+        time_budget = 100.0
+
+    class Done:
+        returncode = 0
+        stdout = '{"seconds": 10.0, "rtf": 0.17, "peak_gib": 2.0, "before_gib": 1.0}\n'
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: Done())
+    monkeypatch.setattr(bench, "available_gib", lambda: 1000.0)
+    results = bench.run(Args, "unused")
+    assert "seconds" in results[0]
+    assert "estimated > --time-budget" in results[1]["skipped"]  # 60^2 x 10 s
+    assert "estimated > --time-budget" in bench.table(results)
+    Args.time_budget = 10.0**9
+    monkeypatch.setattr(bench, "available_gib", lambda: 24.0)
+    assert bench.run(Args, "unused")[1]["skipped"] == "needs ~61 GiB, 24 GiB available"  # 1 + 60 x 1 GiB
+
+
+def test_table_gives_student_ratios_at_every_length():
+    results = [row("teacher", 1, 20.0, 2.0), row("student", 1, 10.0, 1.0), row("floor", 1, 8.0, 0.8)]
+    text = bench.table(results)
+    assert (
+        "| 1 | 20.0 (0.333, 2.00) | 10.0 (0.167, 1.00) | 8.0 (0.133, 0.80) | 0.50x (0.50x) | 1.25x (1.25x) |"
+        in text
+    )
