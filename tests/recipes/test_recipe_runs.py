@@ -349,7 +349,11 @@ def test_tedlium_student_exports_and_transcribes_from_another_directory(first_ep
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(talk), str(wav)]
-    assert "guidance mode: trajectory" in (student / "README.md").read_text()
+    card = (student / "README.md").read_text()
+    assert "guidance mode: trajectory" in card and "- WER: " in card
+    recipe = ROOT / "recipes" / "TEDLIUM"
+    assert f"recipe: {recipe / 'train.py'}" in card
+    assert f"hparams file: {recipe / 'hparams' / 'bimamba2_trajectory.yaml'}" in card
 
     wavs = torch.from_numpy(audio)[None]
     with torch.no_grad():
