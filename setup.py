@@ -28,5 +28,8 @@ setup(
         "dev": ["pytest", "ruff", "matplotlib"],
         # lm/Pile/evaluate.py: EleutherAI's lm-evaluation-harness (tested with 0.4.13)
         "lm": ["lm-eval[hf]>=0.4.13,<0.5"],
+        # --logger=tensorboard / --logger=wandb (cald_brain/tracking.py)
+        "track": ["tensorboard>=2.14"],
+        "wandb": ["wandb"],
     },
 )

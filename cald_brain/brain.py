@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ from cald_brain.distill.snapshots import SNAPSHOT_DIRNAME, save_snapshot
 from cald_brain.distill.teachers import Teacher
 from cald_brain.models.outputs import ModelOutputs
 from cald_brain.optim import NO_DECAY_MODULES, param_groups
-from cald_brain.recipe import RecipeError
+from cald_brain.recipe import RecipeError, next_steps_text
 from cald_brain.run_control import RUN_OPTION_TYPES, StoppedOnSignal, StopRequest, check_run_options
+from cald_brain.tracking import with_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +163,11 @@ class CALDBrain(sb.Brain):
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("student", self.student)
             self.checkpointer.add_recoverable("rng", RandomStates())
+        if "train_logger" in hparams:
+            self.hparams.train_logger = with_tracking(hparams)  # plus TensorBoard / W&B (`logger`)
+        self.log_every_n_steps = int(hparams.get("log_every_n_steps") or 0)
         self.term_averages = TermAverages()
+        self.step_averages = TermAverages()  # since the last step line
         self.skipped_steps = 0  # this epoch
         self.nonfinite_in_a_row = 0
         self._window_finite = True
@@ -169,6 +175,7 @@ class CALDBrain(sb.Brain):
         self._evaluating = False
         self._teacher_checked = False
         self._epoch_counter = None
+        self._epoch = 0  # the epoch being trained (step lines)
         self._train_loader = None
 
     def _check_run_options(self) -> None:
@@ -228,7 +235,12 @@ class CALDBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             stats.update(self.term_averages.averages())
             stats["skipped_steps"] = self.skipped_steps
+            stats["lr"] = self.current_lr()
         return stats
+
+    def current_lr(self) -> float:
+        """The learning rate of the student optimizer's first parameter group (what the next step uses)."""
+        return self.optimizer.param_groups[0]["lr"]
 
     def valid_log_meta(self) -> dict[str, Any]:
         """Logged after epoch and steps at each validation (e.g. the learning rate). Optional."""
@@ -299,6 +311,25 @@ class CALDBrain(sb.Brain):
             test_loader_kwargs=self.hparams.test_dataloader_opts,
         )
 
+    def is_teacher_run(self) -> bool:
+        """The transformer's own fine-tuning run: unguided, and no converted mixer anywhere in the student
+        (a converted model records its conversion in its config)."""
+        from cald_brain.convert.core import CONVERSION_KEY  # here: transformers only when needed
+
+        converted = any(
+            getattr(getattr(m, "config", None), CONVERSION_KEY, None) for m in self.student.modules()
+        )
+        return self.guidance.mode == "unguided" and not converted
+
+    def log_next_steps(self, argv: list[str] | None = None) -> None:
+        """End of a recipe run (the tasks' `run`): after a teacher run, log the commands of the students that
+        distil from it, with the same arguments and its checkpoints as `--teacher_path` (main process)."""
+        if self.checkpointer is None or not if_main_process() or not self.is_teacher_run():
+            return
+        logger.info(
+            next_steps_text(sys.argv if argv is None else argv, str(self.checkpointer.checkpoints_dir))
+        )
+
     # --- start-up -------------------------------------------------------------------------------------------
 
     def fit(
@@ -354,6 +385,7 @@ class CALDBrain(sb.Brain):
                 "--grad_accumulation_factor, or the batch size / max_batch_length, or add training data."
             )
         self.loader_generator.manual_seed(self.loader_seed + epoch)
+        self._epoch = epoch
         super()._fit_train(train_set, epoch, enable)
 
     def total_optimizer_steps(self) -> int | None:
@@ -470,9 +502,11 @@ class CALDBrain(sb.Brain):
         if plan.update_teacher:
             self._window_finite &= bool(torch.isfinite(terms["teacher_task"]))
             plan.teacher.backward(terms["teacher_task"], self.grad_accumulation_factor)
+        self.term_averages.add({"loss": loss, **terms})
+        if self.log_every_n_steps > 0:
+            self.step_averages.add({"loss": loss, **terms})
         if should_step:
             self._finish_window(plan)
-        self.term_averages.add({"loss": loss, **terms})
         self.on_fit_batch_end(batch, student, loss, should_step)
         return loss.detach().cpu()
 
@@ -566,6 +600,18 @@ class CALDBrain(sb.Brain):
             plan.teacher.step()
         if self.snapshot_every_steps > 0 and self.optimizer_step % self.snapshot_every_steps == 0:
             self._save_snapshot()
+        if self.log_every_n_steps > 0 and self.optimizer_step % self.log_every_n_steps == 0:
+            self._log_step_line()
+
+    def _log_step_line(self) -> None:
+        """Every `log_every_n_steps` optimizer steps: a train_log.txt line (and the added logger's scalars)
+        with the loss terms averaged over the micro-batches since the last one, and the learning rate, e.g.
+        `step: 200, epoch: 1 - train loss: 9.1, train task: 8.7, train ld: 1.2, ..., train lr: 1.00e-04`."""
+        stats = {**self.step_averages.averages(), "lr": self.current_lr()}
+        self.step_averages = TermAverages()
+        self.hparams.train_logger.log_stats(
+            stats_meta={"step": self.optimizer_step, "epoch": self._epoch}, train_stats=stats
+        )
 
     def optimizers_step(self):
         """SpeechBrain's optimizers_step, but clipping the gradient norm over every parameter group of each
@@ -677,6 +723,7 @@ class CALDBrain(sb.Brain):
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "term_averages": self.term_averages.state_dict(),
+            "step_averages": self.step_averages.state_dict(),
         }
         with open(path, "w", encoding="utf-8") as f:
             yaml.safe_dump(state, f)
@@ -689,4 +736,6 @@ class CALDBrain(sb.Brain):
             state = yaml.safe_load(f)
         self.skipped_steps = state.get("skipped_steps", 0)
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
-        self.term_averages.load_state_dict(state.get("term_averages", {"sums": {}, "counts": {}}))
+        empty = {"sums": {}, "counts": {}}
+        self.term_averages.load_state_dict(state.get("term_averages", empty))
+        self.step_averages.load_state_dict(state.get("step_averages", empty))

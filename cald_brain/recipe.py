@@ -10,6 +10,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import shlex
 import sys
 import typing
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from cald_brain.run_control import (
     check_teacher_identity,
     scalar_type,
 )
+from cald_brain.tracking import LoggerChoiceError, check_logger_choice
 
 
 class RecipeError(SystemExit):
@@ -192,6 +194,58 @@ def check_override_types(hparams_file: str, overrides: str | dict | None) -> Non
             )
 
 
+def check_logger(hparams_file: str, overrides: str | dict | None) -> None:
+    """The `logger` key (`--logger=`) names a known logger whose package is installed; else a RecipeError,
+    before anything is built."""
+    try:
+        check_logger_choice(resolved_top_level(hparams_file, overrides).get("logger", "file"))
+    except LoggerChoiceError as err:
+        raise RecipeError(f"{hparams_file}: {err}") from err
+
+
+def student_commands(argv: list[str], teacher_save: str) -> list[str]:
+    """After a teacher run started as `argv` (sys.argv: script, hparams file, arguments): the commands of
+    the recipe's student runs that read a teacher (their hparams have `teacher_path`), with the same
+    arguments but `--teacher_path=<teacher_save>` (and without the teacher's own `--output_folder`)."""
+    script, hparams_file, *args = argv
+    resolved = resolve_hparams_path(hparams_file, os.path.dirname(script))
+    hparams_dir = os.path.dirname(resolved)
+    dropped = ("--teacher_path", "--output_folder")
+    kept = []
+    for before, arg in zip([None, *args], args, strict=False):
+        if not arg.startswith(dropped) and before not in dropped:  # --key=value, or --key value
+            kept.append(arg)
+    commands = []
+    for name in sorted(os.listdir(hparams_dir)):
+        path = os.path.join(hparams_dir, name)
+        if not name.endswith(".yaml") or os.path.samefile(path, resolved):
+            continue
+        with open(path, encoding="utf-8") as fin:
+            if "teacher_path" not in (YAML(typ="rt").load(fin) or {}):
+                continue
+        student = os.path.join(os.path.dirname(hparams_file), name)
+        words = ["python", script, student, *kept, f"--teacher_path={teacher_save}"]
+        commands.append(shlex.join(words))
+    return commands
+
+
+def next_steps_text(argv: list[str], teacher_save: str) -> str:
+    """What to run after a teacher run: its student commands and the SLURM helper that chains them."""
+    commands = student_commands(argv, teacher_save)
+    if not commands:
+        return f"Teacher run finished; its checkpoints are in {teacher_save}."
+    recipe = os.path.dirname(os.path.abspath(argv[0]))
+    return "\n".join(
+        [
+            f"Teacher run finished. The students that distil from it (--teacher_path={teacher_save}):",
+            *(f"  {command}" for command in commands),
+            "(the recipe's other students need no teacher run; on SLURM, "
+            f"python tools/slurm/submit.py {os.path.relpath(recipe)} -- <the same overrides> submits the "
+            "teacher and then the students that need it)",
+        ]
+    )
+
+
 def cpu_distributed_backend(run_opts: Any) -> Any:
     """Under torchrun on the CPU (`--device=cpu`, RANK set) the process group must use gloo: NCCL needs GPUs
     and SpeechBrain would stop with "Not enough GPUs available!". gloo is taken unless a backend was given;
@@ -276,6 +330,7 @@ def start_recipe(
         overrides = with_derived(hparams_file, overrides, derive)
     run_opts = cpu_distributed_backend(typed_run_options(run_opts))
     check_override_types(hparams_file, overrides)
+    check_logger(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     folder = output_folder_of(hparams_file, overrides)
     lock_output_folder(folder)

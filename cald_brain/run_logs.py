@@ -1,8 +1,11 @@
 """Reading a finished (or running) recipe run folder: its train log, test metrics, saved hparams and kept
 checkpoints. Used by tools/plot_run.py (curves) and tools/results.py (one table of many runs).
 
-A run folder is a recipe's `output_folder`: `train_log.txt` (SpeechBrain's FileTrainLogger lines, e.g.
-``epoch: 2, steps: 20 - train loss: 9.56, train task: 9.56 - valid loss: 8.61, valid WER: 1.00e+02``),
+A run folder is a recipe's `output_folder`: `train_log.txt` (SpeechBrain's FileTrainLogger lines: one per
+validation, e.g. ``epoch: 2, steps: 20 - train loss: 9.56, train task: 9.56, train lr: 1.00e-04 - valid loss:
+8.61, valid WER: 1.00e+02``, one every `log_every_n_steps` optimizer steps with the train terms averaged since
+the last, e.g. ``step: 200, epoch: 1 - train loss: 9.71, train task: 9.60, train lr: 9.00e-05``, and the test
+line),
 `test_metrics.json`, `hyperparams.yaml` (the hparams file as run, overrides applied, its source path in the
 first comment lines) and `save/CKPT+*/` (student.ckpt among them).
 """
@@ -28,6 +31,16 @@ class LogLine:
 
     meta: dict[str, float | str]
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def is_step_line(self) -> bool:
+        """A `log_every_n_steps` line (train terms since the last one), not an epoch's validation line."""
+        return "step" in self.meta
+
+    @property
+    def x(self) -> float:
+        """Where the line sits on a curve: its optimizer step (epoch when the log has no steps)."""
+        return float(self.meta.get("step", self.meta.get("steps", self.meta.get("epoch", 0))))
 
 
 def _value(text: str) -> float | str:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Curves of one or several recipe runs, overlaid so that e.g. the five guidance modes compare at a glance:
 task loss, layerwise distillation (total, and per layer for the first run that logs it), the dev metrics
-and the learning rate, against optimizer steps (epochs when the log has no steps).
+and the learning rate, against optimizer steps (epochs when the log has no steps). The train curves come
+from the step lines (`log_every_n_steps`) when the log has them, else from the epoch lines.
 
     python tools/plot_run.py results/TEDLIUM/*/1986 --out tedlium.png
 
@@ -21,17 +22,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from cald_brain.run_logs import LogLine, read_train_log  # noqa: E402
 
 
-def x_of(line: LogLine) -> float:
-    return float(line.meta.get("steps", line.meta.get("epoch", 0)))
-
-
 def series(lines: list[LogLine], stage: str, key: str) -> tuple[list[float], list[float]]:
-    """(x, y) of `key` in `stage` over the lines that have it (lr: the line's leading fields too)."""
+    """(x, y) of `key` in `stage` over the lines that have it: train from the step lines if there are any
+    (finer), else from the epoch lines; lr also from the lines' leading fields (older LM logs)."""
+    step_lines = stage == "train" and any(line.is_step_line for line in lines)
     points = []
     for line in lines:
+        if line.is_step_line != step_lines:
+            continue
         values = {**line.meta, **line.stats.get(stage, {})} if key == "lr" else line.stats.get(stage, {})
         if isinstance(values.get(key), float):
-            points.append((x_of(line), values[key]))
+            points.append((line.x, values[key]))
     return [p[0] for p in points], [p[1] for p in points]
 
 

@@ -21,6 +21,7 @@ import torch
 from cald_brain.brain import CALDBrain
 from cald_brain.data.audio import audio_pipeline
 from cald_brain.data.manifests import read_labels
+from cald_brain.export import export_best
 from cald_brain.models.outputs import ModelOutputs
 from cald_brain.recipe import RecipeError
 
@@ -173,7 +174,7 @@ def build_datasets(
 
 def run(hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]) -> UtteranceClassificationBrain:
     """Fit on train (dev accuracy picks the best checkpoint; the batches come from the hparams'
-    `train_sampler`), then test that checkpoint."""
+    `train_sampler`), test that checkpoint, then export it to <output_folder>/student (with the labels)."""
     brain = UtteranceClassificationBrain(
         labels=labels,
         modules=hparams["modules"],
@@ -183,4 +184,6 @@ def run(hparams: dict, run_opts: dict, datasets: dict, labels: Sequence[str]) ->
     )
     brain.fit_datasets(datasets["train"], datasets["dev"])
     brain.test_best(datasets["test"])
+    export_best(brain, labels=labels, sampling_rate=hparams["sample_rate"])
+    brain.log_next_steps()
     return brain

@@ -103,7 +103,7 @@ def test_unguided_never_runs_a_teacher(tmp_path):
     fit(brain)
     assert brain.optimizer_step == 2 * STEPS_PER_EPOCH
     assert not calls and brain.guidance.teacher is None
-    assert set(brain.train_stats) == {"loss", "task", "skipped_steps"}
+    assert set(brain.train_stats) == {"loss", "task", "skipped_steps", "lr"}
     assert any(not torch.equal(before[k], v) for k, v in params_of(brain.student).items())
 
 

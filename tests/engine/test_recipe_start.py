@@ -1,6 +1,7 @@
 """Recipe start-up: hparams lookup from the repo root or the recipe folder, clear YAML and override errors,
 and an output folder that refuses a run of another kind (task, guidance mode, data) once it holds results."""
 
+import importlib.util
 import json
 
 import pytest
@@ -8,10 +9,13 @@ from conftest import ROOT
 
 from cald_brain.recipe import (
     RecipeError,
+    check_logger,
     check_output_folder,
     load_hparams,
+    next_steps_text,
     resolve_hparams_path,
     start_recipe,
+    student_commands,
 )
 from cald_brain.run_control import IDENTITY_NAME
 
@@ -104,3 +108,33 @@ def test_a_teacher_of_another_task_is_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"teacher_path=.*/save was trained with task='sst2'.*task='qnli'"):
         check_output_folder(str(student), student_yaml, overrides)
     check_output_folder(str(student), student_yaml, overrides.replace("qnli", "sst2"))  # its own task: fine
+
+
+def test_teacher_run_names_the_students_that_need_it(tmp_path, monkeypatch):
+    """After a teacher run, the commands of the students with `teacher_path`, with the same arguments but the
+    teacher's output folder replaced by `--teacher_path`; the SLURM helper is named."""
+    hparams = tmp_path / "recipe" / "hparams"
+    hparams.mkdir(parents=True)
+    (hparams / "teacher.yaml").write_text("guidance_mode: unguided\n")
+    (hparams / "unguided.yaml").write_text("mixer: bimamba2\n")
+    (hparams / "target.yaml").write_text("mixer: bimamba2\nteacher_path: !ref results/<seed>/save\n")
+    (hparams / "waypoint.yaml").write_text("mixer: bimamba2\nteacher_path: results/save\n")
+    monkeypatch.chdir(tmp_path / "recipe")
+    argv = ["train.py", "hparams/teacher.yaml", "--data_folder=/d x", "--output_folder", "/o", "--seed=7"]
+    assert student_commands(argv, "/o/save") == [
+        "python train.py hparams/target.yaml '--data_folder=/d x' --seed=7 --teacher_path=/o/save",
+        "python train.py hparams/waypoint.yaml '--data_folder=/d x' --seed=7 --teacher_path=/o/save",
+    ]
+    text = next_steps_text(argv, "/o/save")
+    assert text.splitlines()[1:3] == [f"  {c}" for c in student_commands(argv, "/o/save")]
+    assert "tools/slurm/submit.py" in text
+
+
+def test_unknown_or_missing_logger_is_a_clear_error(recipe_dir):
+    path = str(recipe_dir / "hparams" / "x.yaml")
+    with pytest.raises(RecipeError, match="choose one of file, tensorboard, wandb"):
+        check_logger(path, {"data_folder": "/d", "logger": "neptune"})
+    check_logger(path, {"data_folder": "/d"})  # no `logger` key: the file logger alone
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(RecipeError, match=r"pip install wandb"):
+            check_logger(path, {"data_folder": "/d", "logger": "wandb"})

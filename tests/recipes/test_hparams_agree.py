@@ -57,6 +57,8 @@ EVERY_FILE = frozenset(
         "epoch_counter",
         "checkpointer",
         "train_logger",
+        "logger",
+        "log_every_n_steps",
         "train_dataloader_opts",
         "valid_dataloader_opts",
         "test_dataloader_opts",

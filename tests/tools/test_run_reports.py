@@ -109,3 +109,25 @@ def test_plot_overlays_runs(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="train_log.txt does not exist"):
         plot_run.main([str(tmp_path / "missing")])
+
+
+STEP_LOG = (
+    "step: 5, epoch: 1 - train loss: 26.0, train task: 9.90, train ld: 1.10, train lr: 5.00e-04\n"
+    "step: 10, epoch: 1 - train loss: 25.0, train task: 9.60, train ld: 1.05, train lr: 1.00e-03\n"
+    + TRAJECTORY_LOG.splitlines(keepends=True)[0]
+    + "step: 15, epoch: 2 - train loss: 24.9, train task: 9.55, train ld: 1.01, train lr: 7.50e-04\n"
+)
+
+
+def test_step_lines_parse_and_make_the_train_curves(tmp_path):
+    """The `log_every_n_steps` lines parse; the train curves (lr included) come from them, the dev curves
+    from the epoch lines, and the results table is unchanged by them."""
+    line = parse_log_line(STEP_LOG.splitlines()[0])
+    assert line.is_step_line and line.x == 5
+    assert line.stats == {"train": {"loss": 26.0, "task": 9.9, "ld": 1.1, "lr": 5e-4}}
+    run = make_run(tmp_path / "traj", "bimamba2_trajectory.yaml", "trajectory", STEP_LOG, None)
+    lines = plot_run.read_train_log(run)
+    assert plot_run.series(lines, "train", "task") == ([5.0, 10.0, 15.0], [9.9, 9.6, 9.55])
+    assert plot_run.series(lines, "train", "lr") == ([5.0, 10.0, 15.0], [5e-4, 1e-3, 7.5e-4])
+    assert plot_run.series(lines, "valid", "WER") == ([10.0], [100.0])
+    assert summarize_run(run).steps == 10 and summarize_run(run).dev == {"WER": 100.0, "CER": 176.0}
