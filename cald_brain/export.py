@@ -4,6 +4,9 @@
     export_student(asr.modules.student, output_folder + "/student", units=CTCUnits.from_label_encoder(enc),
                    card=ModelCard.for_run(output_folder, hparams, asr.optimizer_step))
 
+Every recipe run ends with `export_best(brain, units= | labels= | tokenizer=, ...)`, which does that for the
+best checkpoint into `<output_folder>/student`.
+
 The folder (written atomically: a temporary folder renamed into place):
     config.json              CaldConfig: the backbone's config with its conversion record, the task head,
                              feature settings, labels; `auto_map` -> the two files below
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speechbrain.utils.distributed import if_main_process
 from torch import nn
 from transformers import PreTrainedTokenizerBase, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
@@ -78,20 +82,34 @@ class ModelCard:
     def for_run(
         cls, output_folder: str | os.PathLike, hparams: Mapping[str, Any], training_steps: int | None = None
     ) -> "ModelCard":
-        """The card of a recipe run: its recipe script and hparams copy in `output_folder` (SpeechBrain's
-        recipe.py / hyperparams.yaml), `guidance_mode` and `pretrained_source` from `hparams` (teacher runs
-        have no guidance mode), the test metrics from <output_folder>/test_metrics.json when written."""
+        """The card of a recipe run: the hparams file it was started with and its recipe (`run_origin`),
+        `guidance_mode` and `pretrained_source` from `hparams` (teacher runs have no guidance mode), the test
+        metrics from <output_folder>/test_metrics.json when written."""
         folder = Path(output_folder)
         metrics = folder / "test_metrics.json"
         source = str(hparams.get("pretrained_source", ""))
+        recipe, hparams_file = run_origin(folder)
         return cls(
-            recipe=str(folder / "recipe.py"),
-            hparams_file=str(folder / "hyperparams.yaml"),
+            recipe=recipe,
+            hparams_file=hparams_file,
             guidance_mode=str(hparams.get("guidance_mode", "none (teacher fine-tuning)")),
             training_steps=training_steps,
             test_metrics=json.loads(metrics.read_text()) if metrics.is_file() else {},
             base_model=os.path.abspath(source) if os.path.isdir(source) else source,
         )
+
+
+def run_origin(output_folder: Path) -> tuple[str, str]:
+    """(recipe script, hparams file) of the run in `output_folder`: the hparams file is the one named in the
+    header of SpeechBrain's copy, hyperparams.yaml (`# <absolute path>` on its second line), the recipe the
+    train.py of the folder above its hparams/ folder. Without that header: ("", the copy)."""
+    copy = output_folder / "hyperparams.yaml"
+    header = copy.read_text(encoding="utf-8").splitlines()[:2] if copy.is_file() else []
+    if len(header) < 2 or not header[0].startswith("# Generated") or not header[1].startswith("# "):
+        return "", str(copy)
+    hparams_file = Path(header[1][2:].strip())
+    recipe = hparams_file.parent.parent / "train.py"
+    return str(recipe) if recipe.is_file() else "", str(hparams_file)
 
 
 def task_of(module: nn.Module) -> str:
@@ -330,3 +348,16 @@ def export_student(
     (tmp / "README.md").write_text(model_card(config, card or ModelCard()))
     replace_folder(tmp, folder)
     return folder
+
+
+def export_best(brain: Any, **task_inputs: Any) -> Path | None:
+    """End of a recipe run: the student of `brain` (a CALDBrain whose test stage loaded the best checkpoint)
+    exported to `<output_folder>/student` with the run's model card (`ModelCard.for_run`: the steps of that
+    checkpoint, the test metrics), on the main process only. `task_inputs`: export_student's units / labels /
+    tokenizer / sampling_rate. Returns the folder (None on other processes)."""
+    if not if_main_process():
+        return None
+    hparams = vars(brain.hparams)
+    output_folder = hparams["output_folder"]
+    card = ModelCard.for_run(output_folder, hparams, brain.optimizer_step)
+    return export_student(brain.student, Path(output_folder) / "student", card=card, **task_inputs)

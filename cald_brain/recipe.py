@@ -308,13 +308,18 @@ def check_output_folder(folder: str, hparams_file: str, overrides: str | dict | 
 
 
 def start_recipe(
-    recipe_dir: str, argv: list[str] | None = None, derive: Callable[[dict], dict] | None = None
+    recipe_dir: str,
+    argv: list[str] | None = None,
+    derive: Callable[[dict], dict] | None = None,
+    prepare: Callable[[dict], None] | None = None,
 ) -> tuple[dict[str, Any], Any, str]:
     """Parse and type-check the command line, join the DDP group, load the hparams, lock the output folder
     (one run at a time), check that it holds this kind of run (task, guidance mode, model, data), handle
     SIGUSR1 and SIGTERM (checkpoint and stop) and create the experiment folder. `derive`
     maps the command line's `--key=value` overrides to more overrides the recipe computes from them (see
-    `with_derived`).
+    `with_derived`). `prepare` (the data preparation) runs on the main process with the hparams' plain
+    top-level values (`resolved_top_level`) before the hparams load, so that bad data stops the run before
+    any model is built.
 
     Returns (hparams, run_opts, hparams_file).
     """
@@ -330,6 +335,8 @@ def start_recipe(
     folder = output_folder_of(hparams_file, overrides)
     lock_output_folder(folder)
     check_output_folder(folder, hparams_file, overrides)
+    if prepare is not None:
+        sb.utils.distributed.run_on_main(prepare, args=[resolved_top_level(hparams_file, overrides)])
     hparams = load_hparams(hparams_file, overrides)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 from cald_brain.convert import convert, load_student
 from cald_brain.convert.gpt_neox import REFERENCE_MAMBA_SIZES
 from cald_brain.models.generation import Decoder
+from cald_brain.models.hub import is_exported, load_exported
 
 PYTHIA_SIZES = {  # hidden, layers, heads, from the Pythia model cards (intermediate = 4 x hidden)
     "70m": (512, 6, 8),
@@ -110,7 +111,11 @@ def main() -> None:
         random_pythia(args.pythia) if args.pythia else AutoModelForCausalLM.from_pretrained(args.teacher)
     )
     if args.student:
-        student = load_student(args.student)
+        # a run's <output_folder>/student, or a converted student saved with save_pretrained
+        if is_exported(args.student):
+            student = load_exported(args.student).net.model
+        else:
+            student = load_student(args.student)
     else:
         sizes = dict(REFERENCE_MAMBA_SIZES)
         sizes.update(

@@ -130,3 +130,99 @@ def write_labelled_manifests(
     for key, (file_name, kind) in label_sets.items():
         logger.info("%d %s labels in %s", counts[key], kind, save_folder / file_name)
     mark_prepared(options_path, options)
+
+
+class ManifestError(ValueError):
+    """A user's manifest CSV cannot be used: the message names the file, the line and the column."""
+
+
+def _seconds_field(value: str, where: str, column: str) -> float | None:
+    """A duration/start/stop cell as seconds (None when empty); a non-number names the cell."""
+    if value.strip() == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ManifestError(f"{where}: column {column!r} is {value!r}, not a number of seconds") from None
+    if seconds < 0:
+        raise ManifestError(f"{where}: column {column!r} is {value!r}, a negative number of seconds")
+    return seconds
+
+
+def normalize_manifest(
+    csv_path: str | Path,
+    targets: Sequence[str],
+    data_root: str | Path | None = None,
+    sample_rate: int = 16000,
+) -> list[dict[str, str]]:
+    """The rows of a user's manifest CSV as the speech task pipelines read them: ``ID, duration, wav, start,
+    stop`` then the ``targets`` columns (e.g. ``wrd``, or a label column).
+
+    Required columns: ``ID``, ``wav`` and ``targets``; ``duration``, ``start`` and ``stop`` are optional.
+    ``wav`` becomes an absolute path: ``$data_root`` in it is replaced by ``data_root`` (SpeechBrain's
+    convention), then a relative path is taken from the CSV's own folder. Every audio file's header is read
+    (a missing or unreadable file is an error here, not mid-epoch; audio must be mono at ``sample_rate``
+    Hz); an empty ``duration`` is computed from the header and ``start``/``stop`` (an empty ``start`` /
+    ``stop`` means the beginning / end of the file). Every problem names the file, the line and the column.
+    """
+    from cald_brain.data.audio import listed_audio_info  # soundfile: only for speech manifests
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ManifestError(f"manifest {csv_path} does not exist")
+    folder = csv_path.resolve().parent
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in ("ID", "wav", *targets) if c not in header]
+        if missing:
+            raise ManifestError(
+                f"{csv_path}:1: missing column(s) {', '.join(missing)} (the header has {', '.join(header)}); "
+                f"required: ID, wav, {', '.join(targets)}; optional: duration, start, stop"
+            )
+        rows, seen = [], {}
+        for line, row in enumerate(reader, start=2):
+            where = f"{csv_path}:{line}"
+            utt_id = (row["ID"] or "").strip()
+            if not utt_id:
+                raise ManifestError(f"{where}: column 'ID' is empty")
+            if utt_id in seen:
+                raise ManifestError(f"{where}: column 'ID': {utt_id!r} is already at line {seen[utt_id]}")
+            seen[utt_id] = line
+            wav = (row["wav"] or "").strip()
+            if "$data_root" in wav:
+                if data_root is None:
+                    raise ManifestError(f"{where}: column 'wav' uses $data_root: set data_folder (its value)")
+                wav = wav.replace("$data_root", str(data_root))
+            path = Path(wav) if Path(wav).is_absolute() else folder / wav
+            try:
+                info = listed_audio_info(path, sample_rate, "the recipe's (sample_rate)", where)
+            except (OSError, RuntimeError) as err:
+                raise ManifestError(
+                    f"{where}: column 'wav' ({row['wav']!r}; relative paths start from {folder}): {err}"
+                ) from err
+            start = _seconds_field(row.get("start") or "", where, "start")
+            stop = _seconds_field(row.get("stop") or "", where, "stop")
+            duration = _seconds_field(row.get("duration") or "", where, "duration")
+            if (start or 0.0) > (info.duration if stop is None else stop) or (
+                stop is not None and stop > info.duration + 0.05
+            ):
+                raise ManifestError(
+                    f"{where}: columns 'start'/'stop' ({start}, {stop}) are not a segment of {path} "
+                    f"({info.duration:.3f} s)"
+                )
+            if duration is None:
+                duration = (info.duration if stop is None else stop) - (start or 0.0)
+            rows.append(
+                {
+                    "ID": utt_id,
+                    "duration": f"{duration:.3f}",
+                    "wav": str(path.resolve()),
+                    "start": "" if start is None else f"{start:.3f}",
+                    "stop": "" if stop is None else f"{min(stop, info.duration):.3f}",
+                    **{column: row[column] or "" for column in targets},
+                }
+            )
+    if not rows:
+        raise ManifestError(f"{csv_path}: no rows after the header: every split needs at least one utterance")
+    return rows

@@ -13,6 +13,7 @@ config.json holds the backbone's own config (`cald_backbone`, with its `cald_con
 (`sampling_rate`, `do_normalize`) and CTC units (`blank_index`, `ctc_units`).
 """
 
+import json
 import os
 from typing import Any
 
@@ -114,9 +115,9 @@ def build_net(config: CaldConfig) -> nn.Module:
         return SpeechModel(encoder, config.num_outputs, config.pooling, config.attention_channels)
     if config.cald_task == "text-classification":
         return TextClassifier(
-            build_student(backbone, AutoModelForSequenceClassification), backbone.num_labels
+            build_backbone(backbone, AutoModelForSequenceClassification), backbone.num_labels
         )
-    return CausalLM(build_student(backbone, AutoModelForCausalLM))
+    return CausalLM(build_backbone(backbone, AutoModelForCausalLM))
 
 
 class CaldPreTrainedModel(PreTrainedModel):
@@ -283,6 +284,16 @@ TASK_CLASSES: dict[str, type[CaldPreTrainedModel]] = {
     "text-classification": CaldForSequenceClassification,
     "causal-lm": CaldForCausalLM,
 }
+
+
+def is_exported(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds an exported student (a config.json of model_type "cald_student"), rather than a
+    plain Hugging Face checkpoint."""
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        return False
+    with open(config_file, encoding="utf-8") as handle:
+        return json.load(handle).get("model_type") == MODEL_TYPE
 
 
 def load_exported(folder: str | os.PathLike, device: str | torch.device = "cpu") -> CaldPreTrainedModel:

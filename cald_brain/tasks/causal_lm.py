@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.distributed as dist
-from speechbrain.utils.distributed import if_main_process
 
 from cald_brain.brain import CALDBrain
 from cald_brain.data.mmap_tokens import (
@@ -21,6 +20,7 @@ from cald_brain.data.mmap_tokens import (
     TokenSequences,
     check_token_ids,
 )
+from cald_brain.export import export_best
 from cald_brain.models.causal_lm import next_token_loss
 from cald_brain.models.outputs import ModelOutputs
 from cald_brain.recipe import RecipeError
@@ -126,15 +126,12 @@ def segmented_stream(hparams: dict, train: TokenSequences, grad_accumulation: in
 
 def run(hparams: dict, run_opts, datasets: dict[str, TokenSequences]) -> CausalLMBrain:
     """Fit on the segmented stream over train (valid perplexity picks the best checkpoint), test that
-    checkpoint, then export the best student in Hugging Face format to `export_folder` (with the
-    tokenizer)."""
+    checkpoint, then export it to <output_folder>/student (with the tokenizer)."""
     brain = CausalLMBrain(
         modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
     )
     stream = segmented_stream(hparams, datasets["train"], brain.grad_accumulation_factor)
     brain.fit_datasets(datasets["train"], datasets["valid"], batch_sampler=stream)
     brain.test_best(datasets["test"])
-    if if_main_process():
-        brain.student.model.save_pretrained(hparams["export_folder"])
-        hparams["tokenizer"].save_pretrained(hparams["export_folder"])
+    export_best(brain, tokenizer=hparams["tokenizer"])
     return brain

@@ -16,6 +16,7 @@ from speechbrain.utils.distributed import run_on_main
 
 from cald_brain.brain import CALDBrain
 from cald_brain.data.audio import audio_pipeline
+from cald_brain.export import CTCUnits, export_best
 from cald_brain.models.outputs import ModelOutputs
 from cald_brain.recipe import RecipeError
 
@@ -80,6 +81,10 @@ class CharUnits:
         self.size = len(self.encoder)
         self.what = "the character set has"
 
+    def exported(self) -> CTCUnits:
+        """The units as an exported student records them."""
+        return CTCUnits.from_label_encoder(self.encoder)
+
     def encode(self, utt_id: str, wrd: str) -> list[int]:
         unknown = sorted(set(wrd) - set(self.encoder.lab2ind))
         if unknown:
@@ -122,6 +127,10 @@ class PieceUnits:
         )
         self.size = self.tokenizer.sp.vocab_size()
         self.what = "the BPE tokenizer has"
+
+    def exported(self) -> CTCUnits:
+        """The units as an exported student records them (the SentencePiece model file)."""
+        return CTCUnits(0, sentencepiece_model=self.tokenizer.prefix_model_file + ".model")
 
     def encode(self, utt_id: str, wrd: str) -> list[int]:
         sp = self.tokenizer.sp
@@ -202,7 +211,7 @@ def build_datasets(hparams: dict, units: CharUnits | PieceUnits) -> dict:
 
 def run(hparams: dict, run_opts, datasets: dict, units: CharUnits | PieceUnits) -> CTCBrain:
     """Fit on train (dev WER picks the best checkpoint; the batches come from the hparams' `train_sampler`),
-    then test that checkpoint."""
+    test that checkpoint, then export it to <output_folder>/student (with its units)."""
     brain = CTCBrain(
         units=units,
         modules=hparams["modules"],
@@ -212,5 +221,6 @@ def run(hparams: dict, run_opts, datasets: dict, units: CharUnits | PieceUnits) 
     )
     brain.fit_datasets(datasets["train"], datasets["dev"])
     brain.test_best(datasets["test"])
+    export_best(brain, units=units.exported(), sampling_rate=hparams["sample_rate"])
     brain.log_next_steps()
     return brain

@@ -18,6 +18,7 @@ from scipy import stats
 
 from cald_brain.brain import CALDBrain
 from cald_brain.data.text import TextBatch, manifest_dataset
+from cald_brain.export import export_best
 from cald_brain.models.outputs import ModelOutputs
 
 
@@ -175,8 +176,9 @@ class TextClassificationBrain(CALDBrain):
 
 
 def run(hparams: dict[str, Any], run_opts: Any, datasets: dict, task: TextTask) -> TextClassificationBrain:
-    """Fit on `train` (the best checkpoint chosen on the first evaluation split), then evaluate that
-    checkpoint on every evaluation split of the task."""
+    """Fit on `train` (the best checkpoint chosen on the first evaluation split), evaluate that checkpoint on
+    every evaluation split of the task, then export it to <output_folder>/student (with the tokenizer of the
+    YAML's `text_collator` and the task's labels)."""
     brain = TextClassificationBrain(
         task=task,
         modules=hparams["modules"],
@@ -186,5 +188,6 @@ def run(hparams: dict[str, Any], run_opts: Any, datasets: dict, task: TextTask) 
     )
     brain.fit_datasets(datasets["train"], datasets[task.dev_splits[0]])
     brain.evaluate_splits(datasets)
+    export_best(brain, tokenizer=hparams["text_collator"].tokenizer, labels=task.labels)
     brain.log_next_steps()
     return brain

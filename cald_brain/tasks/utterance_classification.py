@@ -29,6 +29,7 @@ import torch
 from cald_brain.brain import CALDBrain
 from cald_brain.data.audio import audio_pipeline
 from cald_brain.data.manifests import read_labels
+from cald_brain.export import export_best
 from cald_brain.models.outputs import ModelOutputs
 from cald_brain.recipe import RecipeError
 
@@ -225,11 +226,13 @@ def build_datasets(
     heads: Sequence[LabelHead],
     units_item: Callable,
     train_items: Sequence[Callable] = (),
+    segmented: bool = False,
 ) -> dict[str, sb.dataio.dataset.DynamicItemDataset]:
-    """Train/dev/test datasets from ``<save_folder>/{train,dev,test}.csv`` with ``sig`` (whole files),
-    ``label`` (the ``heads``' columns through their label files) and ``loss_units`` (``units_item``, a
-    dynamic item providing it); ``train_items`` (e.g. a random crop replacing ``sig``) apply to the training
-    set only. Dev and test are sorted by duration (less padding)."""
+    """Train/dev/test datasets from ``<save_folder>/{train,dev,test}.csv`` with ``sig`` (whole files, or with
+    ``segmented`` the manifests' ``start``/``stop`` seconds of them), ``label`` (the ``heads``' columns
+    through their label files) and ``loss_units`` (``units_item``, a dynamic item providing it);
+    ``train_items`` (e.g. a random crop replacing ``sig``) apply to the training set only. Dev and test are
+    sorted by duration (less padding)."""
     datasets = {}
     for split in SPLITS:
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(
@@ -238,7 +241,7 @@ def build_datasets(
         )
         datasets[split] = data if split == "train" else data.filtered_sorted(sort_key="duration")
     items = list(datasets.values())
-    sb.dataio.dataset.add_dynamic_item(items, audio_pipeline(hparams["sample_rate"], segmented=False))
+    sb.dataio.dataset.add_dynamic_item(items, audio_pipeline(hparams["sample_rate"], segmented=segmented))
     for item in train_items:
         datasets["train"].add_dynamic_item(item)
     sb.dataio.dataset.add_dynamic_item(items, label_pipeline(heads))
@@ -251,7 +254,7 @@ def run(
     hparams: dict, run_opts: dict, datasets: dict, heads: Sequence[LabelHead], joint_name: str = "joint"
 ) -> UtteranceClassificationBrain:
     """Fit on train (dev accuracy picks the best checkpoint; the batches come from the hparams'
-    `train_sampler`), then test that checkpoint."""
+    `train_sampler`), test that checkpoint, then export it to <output_folder>/student (with the labels)."""
     brain = UtteranceClassificationBrain(
         heads=heads,
         joint_name=joint_name,
@@ -262,5 +265,9 @@ def run(
     )
     brain.fit_datasets(datasets["train"], datasets["dev"])
     brain.test_best(datasets["test"])
+    labels = (
+        list(heads[0].labels) if len(heads) == 1 else {head.key: list(head.labels) for head in heads}
+    )
+    export_best(brain, labels=labels, sampling_rate=hparams["sample_rate"], joint_name=joint_name)
     brain.log_next_steps()
     return brain

@@ -4,8 +4,9 @@
     python lm/Pile/evaluate.py --model=results/Pile/mamba_target/1986/student --model=EleutherAI/pythia-1b \\
         --tasks=lambada_openai,piqa,winogrande,wsc273,arc_easy,arc_challenge,sciq,logiqa
 
-Each --model is a student exported by train.py (a folder whose config.json records `cald_conversion`; loaded
-with cald_brain.load_student) or a transformer (hub name or folder; the teacher). As the CALD reference
+Each --model is a student exported by train.py (<output_folder>/student, read with cald_brain's hub classes),
+a converted student saved with `save_pretrained` (its config.json records `cald_conversion`; loaded with
+cald_brain.load_student) or a transformer (hub name or folder; the teacher). As the CALD reference
 (lm/eval/run_lm_evals.py, lm/open_instruct/lm_harness_eval.py), the harness's Hugging Face model class scores
 a model instance zero-shot, and the reported metric is `acc` for every task. With --data_prefix the perplexity
 on a range of an MMIDIDX corpus is measured too (e.g. the test range of train.py: it starts at
@@ -41,6 +42,7 @@ from cald_brain.data.manifests import write_atomic
 from cald_brain.data.mmap_tokens import PILE_SEQ_LENGTH, MMapFormatError, TokenSequences, check_token_ids
 from cald_brain.models.causal_lm import next_token_loss
 from cald_brain.models.generation import generate
+from cald_brain.models.hub import CaldConfig, is_exported, load_exported
 
 REFERENCE_TASKS = "lambada_openai,piqa,winogrande,wsc273,arc_easy,arc_challenge,sciq,logiqa"
 METRIC = "acc,none"  # the reference's metric key for every task
@@ -69,9 +71,11 @@ def import_lm_eval():
 
 
 def model_config(source: str) -> PretrainedConfig:
-    """The config of a --model (a folder or a hub name); a missing folder or an unknown hub name is an
-    EvaluationError naming it."""
+    """The config of a --model (a folder or a hub name; an exported student's: its backbone's); a missing
+    folder or an unknown hub name is an EvaluationError naming it."""
     try:
+        if is_exported(source):
+            return CaldConfig.from_pretrained(source).backbone_config()
         return load_config(source)
     except (OSError, ValueError) as err:
         raise EvaluationError(f"--model={source}: {err}") from err
@@ -80,7 +84,12 @@ def model_config(source: str) -> PretrainedConfig:
 def load_lm(source: str, device: str) -> tuple[PreTrainedModel, bool]:
     """(model in eval mode on `device`, whether it is a converted student)."""
     converted = os.path.isdir(source) and bool(getattr(model_config(source), CONVERSION_KEY, None))
-    model = load_student(source) if converted else AutoModelForCausalLM.from_pretrained(source)
+    if is_exported(source):  # the Hugging Face model inside the exported network
+        model = load_exported(source).net.model
+    elif converted:
+        model = load_student(source)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source)
     return model.to(device).eval(), converted
 
 

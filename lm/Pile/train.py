@@ -11,8 +11,8 @@ mmap_tokens): the first `max_train_samples` sequences train, the next `valid_sam
 best checkpoint), the next `test_samples` test. Training replays the reference's stream (`number_of_epochs`
 passes over the training sequences in index order) cut into segments of `valid_every_n_steps` optimizer
 steps; each segment is one SpeechBrain epoch: validation, checkpoint (the best by perplexity is kept) and
-resumption work per segment. At the end the best student is exported in Hugging Face format to
-<output_folder>/student (loadable with cald_brain.load_student).
+resumption work per segment. At the end the best student is exported to <output_folder>/student
+(cald_brain.export; read by cald_brain.inference.load and Hugging Face with trust_remote_code=True).
 
 The task (LM brain, datasets, segmented stream, export) is cald_brain.tasks.causal_lm; this file only wires
 the corpus to it.

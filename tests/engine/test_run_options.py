@@ -31,7 +31,7 @@ def test_bad_run_option_names_it_and_the_type(tmp_path):
         make_brain(tmp_path, run_opts={"optimizer_step_limit": "abc"})
 
 
-@pytest.mark.parametrize("key", ["alpha_ld", "lr", "kd_temperature", "batch_size", "teacher_update_cycle"])
+@pytest.mark.parametrize("key", ["alpha_ld", "lr", "kd_temperature", "max_batch_items", "teacher_update_cycle"])
 def test_wrong_typed_override_names_key_and_type(key, tmp_path):
     argv = [
         "hparams/bimamba2_trajectory.yaml",
@@ -39,7 +39,7 @@ def test_wrong_typed_override_names_key_and_type(key, tmp_path):
         f"--output_folder={tmp_path / 'out'}",
         f"--{key}=abc",
     ]
-    expected = "an integer" if key in ("batch_size", "teacher_update_cycle") else "a number"
+    expected = "an integer" if key in ("max_batch_items", "teacher_update_cycle") else "a number"
     with pytest.raises(RecipeError, match=f"--{key}=abc: {key} must be {expected} .*got 'abc'"):
         start_recipe(RECIPE_DIR, argv)
     assert not (tmp_path / "out").exists()  # stopped before touching the output folder

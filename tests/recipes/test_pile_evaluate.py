@@ -13,8 +13,9 @@ import torch
 from conftest import SAMPLES, load_repo_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cald_brain.convert import load_and_convert
 from cald_brain.data.mmap_tokens import MMapTokens
+from cald_brain.export import export_student
+from cald_brain.models import CausalLM
 from cald_brain.models.generation import generate
 
 TINY_PYTHIA = SAMPLES / "models" / "tiny-pythia"
@@ -80,14 +81,10 @@ def choice_logliks(model, tokenizer, context: str, choices: list[str]) -> list[f
 
 
 def student(tmp_path):
+    """A converted tiny Pythia exported as train.py exports its best student."""
     torch.manual_seed(0)
-    model = load_and_convert(
-        str(TINY_PYTHIA), "mamba", model_class=AutoModelForCausalLM, d_inner=96, dt_rank=4
-    )
-    folder = tmp_path / "student"
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(TINY_PYTHIA).save_pretrained(folder)  # as train.py exports it
-    return folder
+    net = CausalLM(str(TINY_PYTHIA), "mamba", {"d_inner": 96, "dt_rank": 4})
+    return export_student(net, tmp_path / "student", tokenizer=AutoTokenizer.from_pretrained(TINY_PYTHIA))
 
 
 def test_harness_scores_student_and_teacher_like_a_forward_pass(tmp_path, offline):

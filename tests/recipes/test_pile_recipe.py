@@ -178,7 +178,6 @@ def test_killed_inside_a_segment_and_resumed_equals_uninterrupted(tmp_path):
 def test_token_ids_beyond_the_vocabulary_stop_before_training(tmp_path):
     """A corpus tokenized for a larger vocabulary than the model's: refused at start-up naming the sequence
     (it used to train, then die with a raw IndexError at the batch holding it)."""
-    train = load_repo_script("lm/Pile/train.py", "pile_train")
     corpus = MMapTokens(SAMPLE["data_prefix"])
     sequences = [corpus[i].copy() for i in range(len(corpus))]
     sequences[5][7] = 1024  # tiny-pythia's vocabulary: ids 0..1023
@@ -187,7 +186,7 @@ def test_token_ids_beyond_the_vocabulary_stop_before_training(tmp_path):
     hparams = load_hparams(HPARAMS / "mamba_target.yaml", {**overrides, "d_inner": 96, "dt_rank": 4})
     hparams.update(max_train_samples=8, valid_samples=4, test_samples=4, seq_length=129)
     with pytest.raises(RecipeError, match="train range.*sequence 5 holds token id 1024.*1024 ids"):
-        train.datasets(hparams)
+        causal_lm.build_datasets(hparams)
     hparams.update(max_train_samples=60, valid_samples=4, test_samples=4)
     with pytest.raises(RecipeError, match="holds 64 sequences.*lower them to at most 64"):
-        train.datasets(hparams)
+        causal_lm.build_datasets(hparams)

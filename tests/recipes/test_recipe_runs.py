@@ -1,8 +1,9 @@
 """Recipe smoke runs, one table for every recipe: each row is a recipe x hparams file x overrides, run for
 2 training steps per epoch on the committed samples through the real command line. Every run must write a
-checkpoint and its test results; a row with `resume` is then run again with one more epoch and must recover
-its first epoch and train only the second. Adding a recipe adds rows (and its sample arguments in RECIPES),
-not a test file.
+checkpoint, its test results and its best student exported to <output_folder>/student (EXPORTED); a row with
+`resume` is then run again with one more epoch and must recover its first epoch and train only the second.
+The exported students of one run per recipe family are then used from another directory, as a user would.
+Adding a recipe adds rows (and its sample arguments in RECIPES), not a test file.
 
 A row may use another row's output folder (e.g. a teacher run's checkpoints and waypoint snapshots) by
 naming it in `needs`; `{out:<row id>}` in its overrides is replaced by that folder. Rows marked `slow` run
@@ -25,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import (
     ROOT,
     SAMPLES,
@@ -102,6 +104,8 @@ HUB_FOLDERS = {
 TINY_BIMAMBA2 = ("--headdim=32", "--d_state=16")
 TEDLIUM_TEACHER = "--teacher_path={out:tedlium-teacher}/save"
 TINY_MAMBA = ("--d_inner=128", "--dt_rank=4")
+# What every run writes besides its checkpoints: the test results and the exported best student.
+EXPORTED = ("test_metrics.json", "student/config.json", "student/model.safetensors", "student/README.md")
 
 
 def classification_rows(name: str, recipe: str, teacher_yaml: str) -> dict[str, Run]:
@@ -179,8 +183,8 @@ RUNS = {
         listings=(("save/tokenizer/*", ("40_bpe.model", "40_bpe.vocab", "train.txt")),),
         resume=False,
     ),
-    # LM: the teacher is the pretrained model itself (no teacher run); each run exports the best student.
-    "pile-target": Run("lm/Pile", "mamba_target.yaml", TINY_MAMBA, expect=("student/config.json",)),
+    # LM: the teacher is the pretrained model itself (no teacher run).
+    "pile-target": Run("lm/Pile", "mamba_target.yaml", TINY_MAMBA),
     "pile-unguided": Run("lm/Pile", "mamba_unguided.yaml", TINY_MAMBA, resume=False),
     "pile-hybrid": Run(
         "lm/Pile",
@@ -328,7 +332,7 @@ def test_recipe_run(row, first_epoch):
     out = first_epoch(row)
     assert list((out / "save").glob("CKPT+*"))
     assert train_epochs(out) == [1]
-    for name in ("test_metrics.json", *run.expect):
+    for name in (*EXPORTED, *run.expect):
         assert (out / name).exists(), name
     for pattern, names in run.listings:
         assert sorted(p.name for p in out.glob(pattern)) == sorted(names), pattern
@@ -356,32 +360,88 @@ def test_slurp_reports_both_heads_and_the_intent(first_epoch):
 
 
 def test_tedlium_student_exports_and_transcribes_from_another_directory(first_epoch, tmp_path):
-    """A finished TED-LIUM student run (hub-name source) exported with tools/export.py, then a recording
-    transcribed by the command line, both started outside the repository."""
+    """The student a TED-LIUM run (hub-name source) exported: recordings of two formats (the sample's SPH
+    talk, two seconds of it as WAV) transcribed by the command line started outside the repository, one line
+    each; Hugging Face's AutoModelForCTC gives load()'s logits with trust_remote_code=True, raises without."""
     import soundfile as sf
+    from transformers import AutoModelForCTC
 
-    out = first_epoch("tedlium-trajectory")
-    export = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "export.py"), str(out), "--out", str(tmp_path / "student")],
-        cwd=tmp_path,
-        env=first_epoch.env,
-        capture_output=True,
-        text=True,
-    )
-    assert export.returncode == 0, export.stderr[-3000:]
+    from cald_brain.inference import load
+
+    student = first_epoch("tedlium-trajectory") / "student"
     talk = next((SAMPLES / "TEDLIUM_release-3").rglob("*.sph"))
     audio, rate = sf.read(talk, frames=2 * 16000, dtype="float32")
     wav = tmp_path / "two_seconds.wav"
     sf.write(wav, audio, rate)
     proc = subprocess.run(
-        [sys.executable, "-m", "cald_brain.inference", str(tmp_path / "student"), str(wav)],
+        [sys.executable, "-m", "cald_brain.inference", str(student), str(talk), str(wav)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith(f"{wav}\t") and proc.stdout.count("\n") == 1
-    assert "guidance mode: trajectory" in (tmp_path / "student" / "README.md").read_text()
+    lines = proc.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(talk), str(wav)]
+    card = (student / "README.md").read_text()
+    assert "guidance mode: trajectory" in card and "- WER: " in card
+    recipe = ROOT / "recipes" / "TEDLIUM"
+    assert f"recipe: {recipe / 'train.py'}" in card
+    assert f"hparams file: {recipe / 'hparams' / 'bimamba2_trajectory.yaml'}" in card
+
+    wavs = torch.from_numpy(audio)[None]
+    with torch.no_grad():
+        expected = load(student).net(wavs, torch.ones(1)).logits
+        remote = AutoModelForCTC.from_pretrained(student, trust_remote_code=True)(input_values=wavs).logits
+    torch.testing.assert_close(remote, expected)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        AutoModelForCTC.from_pretrained(student)
+
+
+# One run per recipe family and the inputs its exported student is given on the command line (the GLUE row's
+# task is a sentence pair task: the command line gives single texts, load() pairs).
+CLI_INPUTS = {
+    "slurp-trajectory": lambda: sorted(str(f) for f in (SAMPLES / "SLURP").rglob("*.flac"))[:2],
+    "voxceleb1-teacher": lambda: sorted(str(f) for f in (SAMPLES / "VoxCeleb1").rglob("*.wav"))[:2],
+    "glue-qnli-trajectory": lambda: ["What is the capital of France?", "Paris is the capital of France."],
+    "pile-target": lambda: ["Return a new list containing all items", "Open the file and"],
+}
+CHECK_SCRIPT = """\
+import contextlib, io, json, sys
+from cald_brain.inference import load
+from cald_brain.inference.__main__ import main
+found = {}
+for folder, inputs in json.loads(sys.argv[1]).items():
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        found[folder] = [main([folder, *inputs, "--max-new-tokens=4"]), printed.getvalue()]
+found["pair"] = load(sys.argv[2]).classify(["What is the capital?"], ["Paris is the capital."])[0]
+print(json.dumps(found))
+"""
+
+
+def test_speech_text_and_lm_students_run_from_another_directory(first_epoch, tmp_path):
+    """The exported students of a SLURP student run, a VoxCeleb1 teacher run (the teacher folder holds the
+    transformer), a GLUE QNLI student run and a Pile student run, each given two inputs by the command line's
+    main() in one Python process started outside the repository: one result per input, classifiers' labels
+    from the run's label set; the QNLI student also classifies a sentence pair through load()."""
+    folders = {row: first_epoch(row) / "student" for row in CLI_INPUTS}
+    inputs = {str(folder): CLI_INPUTS[row]() for row, folder in folders.items()}
+    qnli = str(folders["glue-qnli-trajectory"])
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK_SCRIPT, json.dumps(inputs), qnli],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().split("\n")[-1])
+    for row, folder in folders.items():
+        status, printed = found[str(folder)]
+        lines = printed.rstrip("\n").split("\n")
+        assert status == 0 and [line.split("\t")[0] for line in lines] == inputs[str(folder)], printed
+        if row != "pile-target":  # classifiers: label<TAB>probability (several heads: head=label<TAB>p ...)
+            labels = json.loads((folder / "config.json").read_text())["id2label"].values()
+            assert all(line.split("\t")[1].split("=", 1)[-1] in labels for line in lines), printed
+    assert found["pair"][0] in ("entailment", "not_entailment")
 
 
 def test_tensorboard_logger_beside_train_log(first_epoch):

@@ -273,6 +273,21 @@ def test_language_model_export_generates_with_the_recurrent_cache(tmp_path):
         AutoModelForCausalLM.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("network", ["text", "lm"])
+def test_teacher_exports_load_as_the_transformer(network, tmp_path):
+    """A teacher run's network (no conversion) exports and loads back as the transformer, same logits."""
+    torch.manual_seed(0)
+    source = TINY_ROBERTA if network == "text" else TINY_PYTHIA
+    model = (TextClassifier(str(source), 2) if network == "text" else CausalLM(str(source))).eval()
+    ids = load_tokenizer(str(source))(["the cat sat on the"], return_tensors="pt").input_ids
+    folder = export_student(model, tmp_path / "teacher", tokenizer=load_tokenizer(str(source)))
+    loaded = load(folder).net
+    assert not any(type(m).__module__.startswith("cald_brain.mixers") for m in loaded.modules())
+    with torch.no_grad():
+        mask = torch.ones_like(ids)
+        torch.testing.assert_close(loaded(ids, mask).logits, model(ids, mask).logits, rtol=0, atol=0)
+
+
 def test_export_replaces_an_earlier_export(tmp_path, sources):
     model = speech_student(sources["base"], len(CHARACTERS))
     folder = tmp_path / "student"
