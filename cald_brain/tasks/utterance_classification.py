@@ -265,9 +265,7 @@ def run(
     )
     brain.fit_datasets(datasets["train"], datasets["dev"])
     brain.test_best(datasets["test"])
-    labels = (
-        list(heads[0].labels) if len(heads) == 1 else {head.key: list(head.labels) for head in heads}
-    )
+    labels = list(heads[0].labels) if len(heads) == 1 else {head.key: list(head.labels) for head in heads}
     export_best(brain, labels=labels, sampling_rate=hparams["sample_rate"], joint_name=joint_name)
     brain.log_next_steps()
     return brain
