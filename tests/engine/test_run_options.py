@@ -31,7 +31,9 @@ def test_bad_run_option_names_it_and_the_type(tmp_path):
         make_brain(tmp_path, run_opts={"optimizer_step_limit": "abc"})
 
 
-@pytest.mark.parametrize("key", ["alpha_ld", "lr", "kd_temperature", "max_batch_items", "teacher_update_cycle"])
+@pytest.mark.parametrize(
+    "key", ["alpha_ld", "lr", "kd_temperature", "max_batch_items", "teacher_update_cycle"]
+)
 def test_wrong_typed_override_names_key_and_type(key, tmp_path):
     argv = [
         "hparams/bimamba2_trajectory.yaml",
