@@ -144,6 +144,7 @@ def test_csv_corpus_trains_teacher_and_trajectory_student_writing_only_the_outpu
     assert files_under(ROOT) == before_repo
 
 
+@pytest.mark.slow
 def test_csv_corpus_trains_a_classifier(corpus, tmp_path):
     """ADAPTING.md (a), classification: the same CSVs with their `label` column, labels in labels.txt."""
     out = tmp_path / "cls"

@@ -163,6 +163,7 @@ open(os.environ["TRAINED"], "w").write(os.environ["MASTER_PORT"])
 """
 
 
+@pytest.mark.slow
 def test_two_array_tasks_on_one_node_both_train(tmp_path):
     """Two array tasks on one node at the same time: each rendezvous (real torchrun) on a port of its own."""
     fakes = {name: FAKES[name] for name in ("scontrol", "scancel")}

@@ -154,6 +154,7 @@ def test_missing_and_corrupt_files_are_named(ctc, tmp_path):
         load(tmp_path / "no-such-folder")
 
 
+@pytest.mark.slow
 def test_cli_from_another_directory_prints_one_transcript_per_file(ctc, tmp_path):
     audio = np.random.default_rng(0).standard_normal(6000) * 0.1
     wav = write_wav(tmp_path / "utt.wav", audio, 16000)
@@ -322,6 +323,7 @@ def test_sentencepiece_units_decode_like_the_tokenizer(tmp_path, sources):
     assert texts == [pieces.decode_ids(t) for t in tokens] and all(tokens)
 
 
+@pytest.mark.slow
 def test_torch_export_of_a_speech_student_with_padding(ctc):
     """torch.export traces the exported CTC student (the padding checks are skipped while exporting)."""
     model = load(ctc[1]).model
