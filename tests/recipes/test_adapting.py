@@ -112,6 +112,7 @@ def csv_args(corpus: Path) -> tuple[str, ...]:
     )
 
 
+@pytest.mark.slow
 def test_csv_corpus_trains_teacher_and_trajectory_student_writing_only_the_output_folder(corpus, tmp_path):
     """ADAPTING.md (a): `ID,wav,wrd` CSVs outside the repository, teacher then trajectory student, started
     from inside the corpus folder; nothing is written in the corpus folder or the repository."""

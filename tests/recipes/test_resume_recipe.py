@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ROOT, TEDLIUM_SAMPLE, TEDLIUM_SAMPLE_OVERRIDES, TINY_WAV2VEC2
 
@@ -78,6 +79,7 @@ def final_state(out: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
     out = tmp_path / "killed"
     reference, killed = run_together(

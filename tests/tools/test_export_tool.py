@@ -95,6 +95,7 @@ def test_export_tool_exports_the_best_checkpoint_from_anywhere(run_folder, tmp_p
     assert vocab["<pad>"] == 0 and set(vocab) == {"<pad>", "a", "b", "'", "|"}
 
 
+@pytest.mark.slow
 def test_export_tool_asks_for_the_source_when_it_cannot_be_found(run_folder, tmp_path, monkeypatch):
     shutil.rmtree(run_folder.parents[2] / "models")
     monkeypatch.chdir(tmp_path)
