@@ -40,21 +40,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cald_brain.scripts import load_script
+
 MODELS = ("teacher", "student", "floor")
 STUDENT = {"d_state": 128, "headdim": 64}
 NUM_UNITS = 32
-SIZES = {
-    "base": dict(),  # Wav2Vec2Config's defaults are wav2vec2-base's
-    "large": dict(
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-        conv_bias=True,
-    ),
-}
+# wav2vec2-base / -large-lv60 shapes: the configs the GPU stand-in maker builds (one table for both tools)
+_LAYOUTS = load_script(
+    Path(__file__).with_name("samples") / "wav2vec2_standin.py", "wav2vec2_standin"
+).LAYOUTS
+SIZES = {"base": _LAYOUTS["base"], "large": _LAYOUTS["large-lv60"]}
 
 
 def write_standin(size: str, folder: Path) -> None:
