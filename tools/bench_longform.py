@@ -136,6 +136,8 @@ def estimate(model: str, minutes: float, done: list[dict]) -> dict | None:
 
 
 def run(args: argparse.Namespace, folder: str) -> list[dict]:
+    """Every model at every length; the rows so far are kept in --out/longform.partial.json as they come."""
+    args.out.mkdir(parents=True, exist_ok=True)
     models = [*args.models, *(f"{m}_plain" for m in args.models if args.plain)]
     results = []
     for minutes in args.minutes:
@@ -158,6 +160,7 @@ def run(args: argparse.Namespace, folder: str) -> list[dict]:
                     row["skipped"] = f"failed (exit {done.returncode})"
                     print(done.stderr[-2000:], file=sys.stderr)
             results.append(row)
+            write_atomically(args.out / "longform.partial.json", json.dumps(results, indent=1))
             shown = (
                 row.get("skipped")
                 or f"{row['seconds']:.1f} s, RTF {row['rtf']:.3f}, {row['peak_gib']:.2f} GiB"
@@ -263,10 +266,10 @@ def main() -> None:
         load_average_start=load,
         load_average_end=os.getloadavg(),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out / "longform.json", json.dumps(dict(config=config, results=results), indent=1))
     text = table(results)
     write_atomically(args.out / "longform.md", text + "\n")
+    (args.out / "longform.partial.json").unlink()
     print(text)
     threads = config["threads"]
     title = f"wav2vec2-{args.size} width, {threads} thread{'s' * (threads > 1)}, forward_long"
