@@ -21,6 +21,7 @@ linear, for the teacher quadratic); a run whose estimate exceeds the available m
 skipped and marked so in the table.
 
 Usage: python tools/bench_longform.py [--size base|large] [--minutes 1 5 10 30 60] [--threads N] [--plain]
+                                      [--model-minutes teacher=1,5 floor=1,5,10] [--resume]
                                       [--models teacher student floor] [--out results/bench/longform]
 Writes longform.json, longform.md (the table) and longform.png (time and memory against length) to --out.
 """
@@ -135,6 +136,16 @@ def estimate(model: str, minutes: float, done: list[dict]) -> dict | None:
     )
 
 
+def model_minutes(text: str) -> tuple[str, list[float]]:
+    """ "teacher=1,5" -> ("teacher", [1.0, 5.0]) (argparse type of --model-minutes)."""
+    model, sep, minutes = text.partition("=")
+    if model not in MODELS or not sep:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected MODEL=M,M with MODEL one of {', '.join(MODELS)}"
+        )
+    return model, [float(m) for m in minutes.split(",")]
+
+
 def measured_before(args: argparse.Namespace, settings: dict) -> dict[tuple[str, float], dict]:
     """With --resume: the rows in --out/longform.partial.json from an interrupted run of the same settings."""
     partial = args.out / "longform.partial.json"
@@ -163,8 +174,8 @@ def run(args: argparse.Namespace, folder: str) -> list[dict]:
             guess = estimate(model, minutes, results)
             if (model, minutes) in before:
                 row = before[model, minutes]
-            elif model.startswith("teacher") and args.teacher_minutes and minutes not in args.teacher_minutes:
-                row["skipped"] = "not run (--teacher-minutes)"
+            elif minutes not in args.model_minutes.get(model.removesuffix("_plain"), [minutes]):
+                row["skipped"] = "not run (--model-minutes)"
             elif guess and guess["peak_gib"] > 0.9 * available_gib():
                 row["skipped"] = f"needs ~{guess['peak_gib']:.0f} GiB, {available_gib():.0f} GiB available"
             elif guess and guess["seconds"] > args.time_budget:
@@ -265,10 +276,13 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--teacher-minutes",
-        type=float,
+        "--model-minutes",
         nargs="+",
-        help="lengths at which the teacher runs (default: every --minutes; its time grows quadratically)",
+        type=model_minutes,
+        default=[],
+        metavar="MODEL=M,M",
+        help="the lengths at which MODEL runs (default: every --minutes), e.g. teacher=1,5: its time grows "
+        "quadratically",
     )
     parser.add_argument("--resume", action="store_true", help="keep the rows of longform.partial.json")
     parser.add_argument("--time-budget", type=float, default=3600.0, help="skip runs estimated longer (s)")
@@ -276,6 +290,7 @@ def main() -> None:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "FOLDER", "MINUTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.model_minutes = dict(args.model_minutes)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

@@ -30,7 +30,7 @@ def test_estimates_scale_from_the_previous_length():
 def test_runs_that_would_not_fit_are_skipped_and_said_so(monkeypatch, tmp_path):
     class Args:
         minutes, models, plain, piece_seconds, threads = [1, 60], ["teacher"], False, 20, 1
-        time_budget, teacher_minutes, resume, size, out = 100.0, None, False, "base", tmp_path
+        time_budget, model_minutes, resume, size, out = 100.0, {}, False, "base", tmp_path
 
     class Done:
         returncode = 0
@@ -57,12 +57,12 @@ def test_table_gives_student_ratios_at_every_length():
 
 
 def test_teacher_lengths_and_resume(monkeypatch, tmp_path):
-    """--teacher-minutes leaves the other lengths to the linear-time models; --resume measures only what the
-    interrupted run's partial file lacks."""
+    """--model-minutes teacher=1 leaves the other lengths to the other models; --resume measures only what
+    the interrupted run's partial file lacks."""
 
     class Args:
         minutes, models, plain, piece_seconds, threads = [1, 5], ["teacher", "student"], False, 20, 2
-        time_budget, teacher_minutes, resume, size, out = 10.0**9, [1], False, "base", tmp_path
+        time_budget, model_minutes, resume, size, out = 10.0**9, {"teacher": [1]}, False, "base", tmp_path
 
     measured = []
 
@@ -76,7 +76,7 @@ def test_teacher_lengths_and_resume(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "available_gib", lambda: 1000.0)
     results = bench.run(Args, "unused")
     assert measured == [("teacher", 1.0), ("student", 1.0), ("student", 5.0)]
-    assert results[2] == {"model": "teacher", "minutes": 5, "skipped": "not run (--teacher-minutes)"}
+    assert results[2] == {"model": "teacher", "minutes": 5, "skipped": "not run (--model-minutes)"}
     partial = tmp_path / "longform.partial.json"
     saved = bench.json.loads(partial.read_text())
     saved["results"] = saved["results"][:2]  # interrupted after two rows
@@ -88,3 +88,9 @@ def test_teacher_lengths_and_resume(monkeypatch, tmp_path):
     Args.threads = 1
     with pytest.raises(SystemExit, match="remove it or drop --resume"):
         bench.run(Args, "unused")
+
+
+def test_model_minutes_option():
+    assert bench.model_minutes("floor=1,5") == ("floor", [1.0, 5.0])
+    with pytest.raises(bench.argparse.ArgumentTypeError, match="MODEL=M,M"):
+        bench.model_minutes("attention=1")
