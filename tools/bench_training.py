@@ -101,14 +101,15 @@ def hparams_for(mode: str, folder: str, snapshots: str) -> tuple[torch.nn.Module
 
 def measure(args: argparse.Namespace, mode: str, folder: str) -> dict:
     """One row (run in a child process): build the brain, warm up, time `args.steps` optimizer steps."""
-    asr_brain = load_script(ROOT / "recipes" / "TEDLIUM" / "train.py", "tedlium_train").ASR
+    from cald_brain.tasks.ctc import CTCBrain
+
     device = torch.device(args.device)
     batch = make_batch(args.batch, tuple(args.seconds))
     times = []
     with tempfile.TemporaryDirectory() as snapshots:  # the waypoint teacher's snapshot folder
         net, hparams = hparams_for(mode, folder, snapshots)
         run_opts = {"device": args.device, "precision": args.precision, "noprogressbar": True}
-        brain = asr_brain(modules={"student": net}, hparams=hparams, run_opts=run_opts)
+        brain = CTCBrain(units=None, modules={"student": net}, hparams=hparams, run_opts=run_opts)
         brain.on_fit_start()
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
