@@ -34,7 +34,8 @@ Usage::
     python tools/samples/tiny_wav2vec2.py --size small --num-train-sentences 4100 --num-heldout 200 \\
         --voices-per-sentence 6 --write-plan plan.json          # Python 3.11, no training
     python tools/samples/tiny_wav2vec2.py --size small --plan plan.json --device cuda --loader-workers 3 \\
-        --batch-samples 2048000 --warmup 300 --steps 6000 --out tests/samples/models/small-wav2vec2
+        --batch-samples 2048000 --warmup 300 --eval-every 500 --steps 4500 \\
+        --out tests/samples/models/small-wav2vec2   # (its README has the exact command and its timings)
 """
 
 from __future__ import annotations
