@@ -20,6 +20,7 @@ TEDLIUM_SAMPLE = SAMPLES / "TEDLIUM_release-3"
 SLURP_SAMPLE = SAMPLES / "SLURP"
 VOXCELEB1_SAMPLE = SAMPLES / "VoxCeleb1"
 TINY_WAV2VEC2 = SAMPLES / "models" / "tiny-wav2vec2"
+SMALL_WAV2VEC2 = SAMPLES / "models" / "small-wav2vec2"  # the README demo's teacher
 # The TED-LIUM recipe's defaults are the reference's full-scale schedule (bf16; 18-24 utterances per
 # micro-batch, 3-4 micro-batches per optimizer step); on the sample, on CPU, every test run sizes it so
 # (recipes/TEDLIUM/README.md, "Try it on the sample").

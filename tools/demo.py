@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The README's main job: the whole CALD pipeline on the embedded mini TED-LIUM 3 sample.
 
-1. fine-tune the tiny pretrained Wav2Vec2 (the transformer teacher) with CTC;
+1. fine-tune a small pretrained Wav2Vec2 (the transformer teacher; by default
+   tests/samples/models/small-wav2vec2, made by tools/samples/tiny_wav2vec2.py) with CTC;
 2. convert it to BiMamba2 and fine-tune the student with trajectory guidance, and unguided for contrast;
 3. decode the test set with each, then print WER/CER, encoder parameter counts and the encoder forward time
    of teacher and student on a long input.
@@ -10,7 +11,7 @@ Each step is the recipe's own command (`python recipes/TEDLIUM/train.py hparams/
 subprocess with its log under the output folder; a finished step is not run again (delete its folder to
 redo it), an interrupted one resumes from its last checkpoint.
 
-    python tools/demo.py [--output_folder results/demo] [--long_input_seconds 120]
+    python tools/demo.py [--output_folder results/demo] [--long_input_seconds 120] [--pretrained_source DIR]
 """
 
 import argparse
@@ -26,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "TEDLIUM" / "train.py"
 SAMPLE = ROOT / "tests" / "samples" / "TEDLIUM_release-3"
-TINY_MODEL = ROOT / "tests" / "samples" / "models" / "tiny-wav2vec2"
+PRETRAINED = ROOT / "tests" / "samples" / "models" / "small-wav2vec2"
 
 # Sizes for a 2-core CPU: the recipe defaults are the paper's (90k steps of 3-4 dynamic micro-batches in bf16
 # on GPUs); these are the overrides (recipes/TEDLIUM/README.md, "Try it on the sample"): micro-batches of 4
@@ -40,7 +41,7 @@ COMMON_OVERRIDES = {
     "head_lr": 0.01,
     "ckpt_interval_minutes": 2,
 }
-MIXER = {"headdim": 32, "d_state": 32}  # BiMamba2 size for the tiny encoder
+MIXER = {"headdim": 32, "d_state": 32}  # BiMamba2 size for the sample encoders (width 128)
 STUDENT = {**MIXER, "number_of_epochs": 16, "lr": 0.0005}
 RUNS = {
     "teacher": ("wav2vec2_ctc.yaml", {"number_of_epochs": 20, "lr": 0.0001, "snapshot_every_steps": 50}),
@@ -49,8 +50,9 @@ RUNS = {
 }
 
 
-def run_recipe(name: str, hparams: str, overrides: dict, out: Path) -> dict:
-    """Run one recipe command (or reuse its finished result); returns its test metrics."""
+def run_recipe(name: str, hparams: str, overrides: dict, out: Path, source: Path) -> dict:
+    """Run one recipe command from the pretrained model ``source`` (or reuse its finished result); returns
+    its test metrics."""
     folder = out / name
     metrics = folder / "test_metrics.json"
     if metrics.exists():
@@ -62,7 +64,7 @@ def run_recipe(name: str, hparams: str, overrides: dict, out: Path) -> dict:
         str(RECIPE),
         f"hparams/{hparams}",
         f"--data_folder={SAMPLE}",
-        f"--pretrained_source={TINY_MODEL}",
+        f"--pretrained_source={source}",
         f"--output_folder={folder}",
         "--device=cpu",
         *[f"--{k}={v}" for k, v in args.items()],
@@ -74,11 +76,11 @@ def run_recipe(name: str, hparams: str, overrides: dict, out: Path) -> dict:
     return json.loads(metrics.read_text())
 
 
-def encoder_profile(mixer: str | None, seconds: float, repeats: int = 3) -> tuple[int, float]:
-    """(parameter count, median forward seconds) of the tiny encoder, transformer or converted."""
+def encoder_profile(source: Path, mixer: str | None, seconds: float, repeats: int = 3) -> tuple[int, float]:
+    """(parameter count, median forward seconds) of the encoder of ``source``, transformer or converted."""
     from cald_brain.models import SpeechEncoder
 
-    encoder = SpeechEncoder(str(TINY_MODEL), mixer=mixer, mixer_kwargs=MIXER if mixer else None).eval()
+    encoder = SpeechEncoder(str(source), mixer=mixer, mixer_kwargs=MIXER if mixer else None).eval()
     wav = torch.randn(1, int(16000 * seconds))
     lens = torch.ones(1)
     times = []
@@ -97,16 +99,26 @@ def main() -> None:
     )
     parser.add_argument("--output_folder", type=Path, default=ROOT / "results" / "demo")
     parser.add_argument("--long_input_seconds", type=float, default=120.0)
+    parser.add_argument(
+        "--pretrained_source",
+        type=Path,
+        default=PRETRAINED,
+        help="pretrained Wav2Vec2 folder of the teacher (finished runs in --output_folder are reused "
+        "whatever it was: use another folder for another model)",
+    )
     args = parser.parse_args()
-    for path in (SAMPLE, TINY_MODEL):
+    for path in (SAMPLE, args.pretrained_source):
         if not path.exists():
             sys.exit(f"ERROR: {path} is missing: the demo needs the samples committed in tests/samples/.")
     args.output_folder.mkdir(parents=True, exist_ok=True)
 
     start = time.time()
-    results = {name: run_recipe(name, hp, ov, args.output_folder) for name, (hp, ov) in RUNS.items()}
-    t_params, t_time = encoder_profile(None, args.long_input_seconds)
-    s_params, s_time = encoder_profile("bimamba2", args.long_input_seconds)
+    results = {
+        name: run_recipe(name, hp, ov, args.output_folder, args.pretrained_source)
+        for name, (hp, ov) in RUNS.items()
+    }
+    t_params, t_time = encoder_profile(args.pretrained_source, None, args.long_input_seconds)
+    s_params, s_time = encoder_profile(args.pretrained_source, "bimamba2", args.long_input_seconds)
 
     rows = [
         ("teacher (Wav2Vec2, attention)", "teacher", t_params, t_time),

@@ -8,16 +8,21 @@ The makers load this file with ``cald_brain.scripts.load_script`` (as the tests 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import io
+import pkgutil
 import random
 import re
 import shutil
 import subprocess
 import textwrap
+import types
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +47,17 @@ _DOC_MODULES = (
     "pkgutil poplib pprint queue random re sched secrets selectors shelve shlex shutil smtplib socket "
     "socketserver statistics string struct subprocess tarfile tempfile textwrap threading timeit "
     "tokenize traceback typing unittest urllib uuid warnings weakref wave xml zipfile zoneinfo"
+).split()
+# More import-safe standard-library modules for `extra_sentences()` (none has side effects when imported;
+# deprecated and removed ones, GUIs, the browser and the easter eggs are left out).
+_EXTRA_DOC_MODULES = (
+    "array atexit bdb binascii builtins bz2 cProfile cmath code codeop colorsys compileall concurrent "
+    "contextvars copyreg ctypes curses dbm dis encodings errno faulthandler fcntl fileinput gc genericpath "
+    "getpass grp hashlib importlib keyword linecache locale lzma marshal mmap modulefinder netrc ntpath "
+    "opcode pickletools platform plistlib posix posixpath profile pstats pty pwd py_compile pyclbr pydoc "
+    "pyexpat quopri reprlib resource runpy select signal site sqlite3 ssl stat stringprep symtable sys "
+    "sysconfig syslog tabnanny termios time token tomllib trace tracemalloc tty types unicodedata wsgiref "
+    "xmlrpc zipapp zipimport zlib"
 ).split()
 _SENTENCE_CHARS = re.compile(r"^[A-Za-z][A-Za-z ,;'\-]*[A-Za-z]$")
 _MIN_WORDS, _MAX_WORDS, _MAX_WORD_LEN = 4, 20, 12
@@ -115,15 +131,20 @@ def documentation_texts() -> list[str]:
 
     texts = list(pydoc_data.topics.topics.values())
     for module_name in _DOC_MODULES:
-        module = importlib.import_module(module_name)
-        texts.append(module.__doc__ or "")
-        for _, obj in sorted(vars(module).items()):
-            if getattr(obj, "__module__", None) != module_name:
-                continue
-            texts.append(inspect.getdoc(obj) or "")
-            if inspect.isclass(obj):
-                methods = [m for _, m in sorted(vars(obj).items()) if inspect.isfunction(m)]
-                texts.extend(inspect.getdoc(m) or "" for m in methods)
+        texts.extend(_module_texts(importlib.import_module(module_name)))
+    return texts
+
+
+def _module_texts(module: types.ModuleType) -> list[str]:
+    """Docstrings of ``module`` and of its own public members (classes with their methods)."""
+    texts = [module.__doc__ or ""]
+    for _, obj in sorted(vars(module).items()):
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue
+        texts.append(inspect.getdoc(obj) or "")
+        if inspect.isclass(obj):
+            methods = [m for _, m in sorted(vars(obj).items()) if inspect.isfunction(m)]
+            texts.extend(inspect.getdoc(m) or "" for m in methods)
     return texts
 
 
@@ -145,14 +166,59 @@ def _clean_sentence(sentence: str) -> str | None:
 @functools.cache
 def sentence_pool() -> tuple[str, ...]:
     """Every usable sentence once, in a fixed pseudo-random order (sorted by SHA-1 of the text)."""
-    pool = set()
-    for text in documentation_texts():
+    return _sha1_order(_sentences(documentation_texts()))
+
+
+def _sentences(texts: list[str]) -> set[str]:
+    """The usable sentences (`_clean_sentence`) of ``texts``."""
+    sentences = set()
+    for text in texts:
         for paragraph in re.split(r"\n\s*\n", text):
             for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())):
                 cleaned = _clean_sentence(sentence)
                 if cleaned is not None:
-                    pool.add(cleaned)
-    return tuple(sorted(pool, key=lambda s: hashlib.sha1(s.encode()).hexdigest()))
+                    sentences.add(cleaned)
+    return sentences
+
+
+def _sha1_order(sentences: set[str]) -> tuple[str, ...]:
+    """``sentences`` in a fixed pseudo-random order (sorted by SHA-1 of the text)."""
+    return tuple(sorted(sentences, key=lambda s: hashlib.sha1(s.encode()).hexdigest()))
+
+
+def extra_sentences() -> tuple[str, ...]:
+    """Usable sentences of more standard-library documentation, none of them in `sentence_pool()`.
+
+    For pretraining corpora that need more text than the pool holds (the pool's positions keep their
+    meaning: this is a separate list). Sources: the modules of `_EXTRA_DOC_MODULES` and every public
+    submodule of those and of the pool's packages; one that fails to import is skipped. Deterministic for a
+    given Python version; slower than the pool (it imports a few hundred modules).
+    """
+    names = [name for name in _EXTRA_DOC_MODULES if importlib.util.find_spec(name) is not None]
+    texts = []
+    for name in [*names, *_submodules([*_DOC_MODULES, *names])]:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(name)
+        except Exception:  # platform-specific submodules (Windows, macOS) and optional C libraries
+            continue
+        texts.extend(_module_texts(module))
+    return _sha1_order(_sentences(texts) - set(sentence_pool()))
+
+
+def _submodules(packages: list[str]) -> list[str]:
+    """Public submodules (no ``_x``, tests or ``__main__``) of those of ``packages`` that are packages."""
+    names = []
+    for package in packages:
+        path = getattr(importlib.import_module(package), "__path__", None)
+        if path is None:
+            continue
+        for info in pkgutil.walk_packages(path, package + ".", onerror=lambda _: None):
+            parts = info.name.split(".")[1:]
+            if not any(p.startswith("_") or p in ("test", "tests", "idle_test") for p in parts):
+                names.append(info.name)
+    return sorted(names)
 
 
 def english_sentences(n: int, seed: int, skip: int = 0) -> list[str]:
