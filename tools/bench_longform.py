@@ -21,6 +21,7 @@ linear, for the teacher quadratic); a run whose estimate exceeds the available m
 skipped and marked so in the table.
 
 Usage: python tools/bench_longform.py [--size base|large] [--minutes 1 5 10 30 60] [--threads N] [--plain]
+                                      [--model-minutes teacher=1,5 floor=1,5,10] [--resume]
                                       [--models teacher student floor] [--out results/bench/longform]
 Writes longform.json, longform.md (the table) and longform.png (time and memory against length) to --out.
 """
@@ -135,16 +136,47 @@ def estimate(model: str, minutes: float, done: list[dict]) -> dict | None:
     )
 
 
+def model_minutes(text: str) -> tuple[str, list[float]]:
+    """ "teacher=1,5" -> ("teacher", [1.0, 5.0]) (argparse type of --model-minutes)."""
+    model, sep, minutes = text.partition("=")
+    if model not in MODELS or not sep:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected MODEL=M,M with MODEL one of {', '.join(MODELS)}"
+        )
+    return model, [float(m) for m in minutes.split(",")]
+
+
+def measured_before(args: argparse.Namespace, settings: dict) -> dict[tuple[str, float], dict]:
+    """With --resume: the rows in --out/longform.partial.json from an interrupted run of the same settings."""
+    partial = args.out / "longform.partial.json"
+    if not (args.resume and partial.is_file()):
+        return {}
+    saved = json.loads(partial.read_text())
+    if saved["settings"] != settings:
+        sys.exit(
+            f"ERROR: {partial} was measured with {saved['settings']}, not {settings}: "
+            "remove it or drop --resume"
+        )
+    return {(r["model"], r["minutes"]): r for r in saved["results"] if "seconds" in r}
+
+
 def run(args: argparse.Namespace, folder: str) -> list[dict]:
-    """Every model at every length; the rows so far are kept in --out/longform.partial.json as they come."""
+    """Every model at every length; the rows so far are kept in --out/longform.partial.json as they come
+    (--resume takes them up again)."""
     args.out.mkdir(parents=True, exist_ok=True)
+    settings = dict(size=args.size, threads=args.threads, piece_seconds=args.piece_seconds)
+    before = measured_before(args, settings)
     models = [*args.models, *(f"{m}_plain" for m in args.models if args.plain)]
     results = []
     for minutes in args.minutes:
         for model in models:
             row = dict(model=model, minutes=minutes)
             guess = estimate(model, minutes, results)
-            if guess and guess["peak_gib"] > 0.9 * available_gib():
+            if (model, minutes) in before:
+                row = before[model, minutes]
+            elif minutes not in args.model_minutes.get(model.removesuffix("_plain"), [minutes]):
+                row["skipped"] = "not run (--model-minutes)"
+            elif guess and guess["peak_gib"] > 0.9 * available_gib():
                 row["skipped"] = f"needs ~{guess['peak_gib']:.0f} GiB, {available_gib():.0f} GiB available"
             elif guess and guess["seconds"] > args.time_budget:
                 row["skipped"] = f"~{guess['seconds'] / 60:.0f} min estimated > --time-budget"
@@ -160,7 +192,8 @@ def run(args: argparse.Namespace, folder: str) -> list[dict]:
                     row["skipped"] = f"failed (exit {done.returncode})"
                     print(done.stderr[-2000:], file=sys.stderr)
             results.append(row)
-            write_atomically(args.out / "longform.partial.json", json.dumps(results, indent=1))
+            partial = dict(settings=settings, results=results)
+            write_atomically(args.out / "longform.partial.json", json.dumps(partial, indent=1))
             shown = (
                 row.get("skipped")
                 or f"{row['seconds']:.1f} s, RTF {row['rtf']:.3f}, {row['peak_gib']:.2f} GiB"
@@ -242,11 +275,22 @@ def main() -> None:
         "--piece-seconds", type=float, default=20.0, help="feature-encoder piece (forward_long)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--model-minutes",
+        nargs="+",
+        type=model_minutes,
+        default=[],
+        metavar="MODEL=M,M",
+        help="the lengths at which MODEL runs (default: every --minutes), e.g. teacher=1,5: its time grows "
+        "quadratically",
+    )
+    parser.add_argument("--resume", action="store_true", help="keep the rows of longform.partial.json")
     parser.add_argument("--time-budget", type=float, default=3600.0, help="skip runs estimated longer (s)")
     parser.add_argument("--out", type=Path, default=Path("results/bench/longform"))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "FOLDER", "MINUTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.model_minutes = dict(args.model_minutes)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

@@ -1,6 +1,7 @@
 """tools/bench_longform.py: what it skips (estimates from the previous length: the teacher's time grows
 quadratically, memory linearly above the model's own) and the table's ratios."""
 
+import pytest
 from conftest import load_repo_script
 
 bench = load_repo_script("tools/bench_longform.py", "bench_longform")
@@ -26,10 +27,10 @@ def test_estimates_scale_from_the_previous_length():
     assert bench.estimate("floor", 4, done) is None  # nothing measured yet: run it
 
 
-def test_runs_that_would_not_fit_are_skipped_and_said_so(monkeypatch):
+def test_runs_that_would_not_fit_are_skipped_and_said_so(monkeypatch, tmp_path):
     class Args:
         minutes, models, plain, piece_seconds, threads = [1, 60], ["teacher"], False, 20, 1
-        time_budget = 100.0
+        time_budget, model_minutes, resume, size, out = 100.0, {}, False, "base", tmp_path
 
     class Done:
         returncode = 0
@@ -53,3 +54,43 @@ def test_table_gives_student_ratios_at_every_length():
         "| 1 | 20.0 (0.333, 2.00) | 10.0 (0.167, 1.00) | 8.0 (0.133, 0.80) | 0.50x (0.50x) | 1.25x (1.25x) |"
         in text
     )
+
+
+def test_teacher_lengths_and_resume(monkeypatch, tmp_path):
+    """--model-minutes teacher=1 leaves the other lengths to the other models; --resume measures only what
+    the interrupted run's partial file lacks."""
+
+    class Args:
+        minutes, models, plain, piece_seconds, threads = [1, 5], ["teacher", "student"], False, 20, 2
+        time_budget, model_minutes, resume, size, out = 10.0**9, {"teacher": [1]}, False, "base", tmp_path
+
+    measured = []
+
+    def child(command, **kwargs):
+        measured.append((command[3], float(command[5])))  # python SCRIPT --child MODEL FOLDER MINUTES ...
+        done = type("Done", (), {"returncode": 0})()
+        done.stdout = '{"seconds": 1.0, "rtf": 0.1, "peak_gib": 2.0, "before_gib": 1.0}\n'
+        return done
+
+    monkeypatch.setattr(bench.subprocess, "run", child)
+    monkeypatch.setattr(bench, "available_gib", lambda: 1000.0)
+    results = bench.run(Args, "unused")
+    assert measured == [("teacher", 1.0), ("student", 1.0), ("student", 5.0)]
+    assert results[2] == {"model": "teacher", "minutes": 5, "skipped": "not run (--model-minutes)"}
+    partial = tmp_path / "longform.partial.json"
+    saved = bench.json.loads(partial.read_text())
+    saved["results"] = saved["results"][:2]  # interrupted after two rows
+    partial.write_text(bench.json.dumps(saved))
+    Args.resume = True
+    measured.clear()
+    assert bench.run(Args, "unused") == results
+    assert measured == [("student", 5.0)]
+    Args.threads = 1
+    with pytest.raises(SystemExit, match="remove it or drop --resume"):
+        bench.run(Args, "unused")
+
+
+def test_model_minutes_option():
+    assert bench.model_minutes("floor=1,5") == ("floor", [1.0, 5.0])
+    with pytest.raises(bench.argparse.ArgumentTypeError, match="MODEL=M,M"):
+        bench.model_minutes("attention=1")
