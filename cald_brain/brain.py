@@ -389,13 +389,15 @@ class CALDBrain(sb.Brain):
         super()._fit_train(train_set, epoch, enable)
 
     def total_optimizer_steps(self) -> int | None:
-        """Planned optimizer steps of the run: optimizer_step_limit, else epochs × steps per epoch."""
-        if self.optimizer_step_limit is not None:
-            return int(self.optimizer_step_limit)
+        """Planned optimizer steps of the run: whichever ends it first of optimizer_step_limit and epochs ×
+        steps per epoch (None when neither is known)."""
         limit = getattr(self._epoch_counter, "limit", None)
-        if limit is None or self._train_loader is None:
-            return None
-        return limit * (len(self._train_loader) // self.grad_accumulation_factor)
+        by_epochs = None
+        if limit is not None and self._train_loader is not None:
+            by_epochs = limit * (len(self._train_loader) // self.grad_accumulation_factor)
+        if self.optimizer_step_limit is None:
+            return by_epochs
+        return min(int(self.optimizer_step_limit), by_epochs or int(self.optimizer_step_limit))
 
     def on_fit_start(self):
         """Bind the run's planned optimizer steps into schedulers that need them (`with_total_steps`), build
