@@ -7,80 +7,44 @@
 3. decode the test set with each, then print WER/CER, encoder parameter counts and the encoder forward time
    of teacher and student on a long input.
 
-Each step is the recipe's own command (`python recipes/TEDLIUM/train.py hparams/X.yaml ...`), run in a
-subprocess with its log under the output folder; a finished step is not run again (delete its folder to
-redo it), an interrupted one resumes from its last checkpoint.
+The runs are seed 1 of `tools/mini_cald.py --family tedlium` (same commands and settings: that tool adds the
+other guidance modes and seeds): each is the recipe's own command (`python recipes/TEDLIUM/train.py
+hparams/X.yaml ...`) in a subprocess with its log under `<output_folder>/tedlium/logs/`; a finished run is not
+run again (delete its folder to redo it), an interrupted one resumes from its last checkpoint. The two
+students run side by side, one thread each.
 
-    python tools/demo.py [--output_folder results/demo] [--long_input_seconds 120] [--pretrained_source DIR]
+    python tools/demo.py [--output_folder results/mini_cald] [--long_input_seconds 120]
+                         [--pretrained_source DIR]
 """
 
 import argparse
-import json
+import dataclasses
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from cald_brain.run_logs import summarize_run
+from cald_brain.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "TEDLIUM" / "train.py"
-SAMPLE = ROOT / "tests" / "samples" / "TEDLIUM_release-3"
-PRETRAINED = ROOT / "tests" / "samples" / "models" / "small-wav2vec2"
-
-# Sizes for a 2-core CPU: the recipe defaults are the paper's (90k steps of 3-4 dynamic micro-batches in bf16
-# on GPUs); these are the overrides (recipes/TEDLIUM/README.md, "Try it on the sample"): micro-batches of 4
-# utterances, one per optimizer step, fp32, a short warm-up, a faster CTC head. Per run: a trajectory step
-# costs about two plain steps (student + joint teacher), hence fewer epochs.
-COMMON_OVERRIDES = {
-    "max_batch_items": 4,
-    "grad_accumulation_factor": 1,
-    "precision": "fp32",
-    "warmup_steps": 20,
-    "head_lr": 0.01,
-    "ckpt_interval_minutes": 2,
-}
-MIXER = {"headdim": 32, "d_state": 32}  # BiMamba2 size for the sample encoders (width 128)
-STUDENT = {**MIXER, "number_of_epochs": 16, "lr": 0.0005}
-RUNS = {
-    "teacher": ("wav2vec2_ctc.yaml", {"number_of_epochs": 20, "lr": 0.0001, "snapshot_every_steps": 50}),
-    "bimamba2_trajectory": ("bimamba2_trajectory.yaml", {**STUDENT, "teacher_lr": 0.0001}),
-    "bimamba2_unguided": ("bimamba2_unguided.yaml", STUDENT),
-}
-
-
-def run_recipe(name: str, hparams: str, overrides: dict, out: Path, source: Path) -> dict:
-    """Run one recipe command from the pretrained model ``source`` (or reuse its finished result); returns
-    its test metrics."""
-    folder = out / name
-    metrics = folder / "test_metrics.json"
-    if metrics.exists():
-        print(f"[{name}] done before, reusing {metrics} (delete {folder} to run it again)")
-        return json.loads(metrics.read_text())
-    args = {**COMMON_OVERRIDES, **overrides}
-    cmd = [
-        sys.executable,
-        str(RECIPE),
-        f"hparams/{hparams}",
-        f"--data_folder={SAMPLE}",
-        f"--pretrained_source={source}",
-        f"--output_folder={folder}",
-        "--device=cpu",
-        *[f"--{k}={v}" for k, v in args.items()],
-    ]
-    print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
-    start = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    print(f"[{name}] finished in {time.time() - start:.0f} s", flush=True)
-    return json.loads(metrics.read_text())
+mini_cald = load_script(Path(__file__).with_name("mini_cald.py"), "mini_cald")
+FAMILY = mini_cald.FAMILIES["tedlium"]
+ROWS = (  # (mode, label)
+    ("teacher", "teacher (Wav2Vec2, attention)"),
+    ("trajectory", "student BiMamba2, trajectory-guided"),
+    ("unguided", "student BiMamba2, unguided"),
+)
 
 
 def encoder_profile(source: Path, mixer: str | None, seconds: float, repeats: int = 3) -> tuple[int, float]:
     """(parameter count, median forward seconds) of the encoder of ``source``, transformer or converted."""
     from cald_brain.models import SpeechEncoder
 
-    encoder = SpeechEncoder(str(source), mixer=mixer, mixer_kwargs=MIXER if mixer else None).eval()
+    mixer_kwargs = mini_cald.TEDLIUM_MIXER if mixer else None
+    encoder = SpeechEncoder(str(source), mixer=mixer, mixer_kwargs=mixer_kwargs).eval()
     wav = torch.randn(1, int(16000 * seconds))
     lens = torch.ones(1)
     times = []
@@ -97,44 +61,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--output_folder", type=Path, default=ROOT / "results" / "demo")
+    parser.add_argument(
+        "--output_folder",
+        type=Path,
+        default=ROOT / "results" / "mini_cald",
+        help="runs go to <output_folder>/tedlium/<mode>/seed1 (mini_cald.py's default folder: each tool "
+        "reuses the other's finished runs); the table to <output_folder>/demo.md",
+    )
     parser.add_argument("--long_input_seconds", type=float, default=120.0)
     parser.add_argument(
         "--pretrained_source",
         type=Path,
-        default=PRETRAINED,
-        help="pretrained Wav2Vec2 folder of the teacher (finished runs in --output_folder are reused "
-        "whatever it was: use another folder for another model)",
+        default=FAMILY.pretrained_source,
+        help="pretrained Wav2Vec2 folder of the teacher (a run finished with another model is refused: use "
+        "another --output_folder)",
     )
     args = parser.parse_args()
-    for path in (SAMPLE, args.pretrained_source):
+    source = args.pretrained_source.resolve()
+    for path in (ROOT / "tests" / "samples" / "TEDLIUM_release-3", source):
         if not path.exists():
             sys.exit(f"ERROR: {path} is missing: the demo needs the samples committed in tests/samples/.")
-    args.output_folder.mkdir(parents=True, exist_ok=True)
 
     start = time.time()
-    results = {
-        name: run_recipe(name, hp, ov, args.output_folder, args.pretrained_source)
-        for name, (hp, ov) in RUNS.items()
-    }
-    t_params, t_time = encoder_profile(args.pretrained_source, None, args.long_input_seconds)
-    s_params, s_time = encoder_profile(args.pretrained_source, "bimamba2", args.long_input_seconds)
+    family = dataclasses.replace(FAMILY, pretrained_source=source)
+    modes = [mode for mode, _ in ROWS]
+    runs = mini_cald.plan(family, "tedlium", [1], modes, args.output_folder.resolve(), quick=False)
+    mini_cald.execute(runs, jobs=2, threads=1)
+    results = {run.mode: summarize_run(run.folder).test for run in runs}
+    t_params, t_time = encoder_profile(source, None, args.long_input_seconds)
+    s_params, s_time = encoder_profile(source, "bimamba2", args.long_input_seconds)
 
-    rows = [
-        ("teacher (Wav2Vec2, attention)", "teacher", t_params, t_time),
-        ("student BiMamba2, trajectory-guided", "bimamba2_trajectory", s_params, s_time),
-        ("student BiMamba2, unguided", "bimamba2_unguided", s_params, s_time),
-    ]
     seconds = f"{args.long_input_seconds:.0f} s"
     lines = [
         f"| model | test WER % | test CER % | encoder params | encoder forward, {seconds} input |",
         "|---|---|---|---|---|",
     ]
-    for label, key, params, secs in rows:
-        wer, cer = results[key]["WER"], results[key]["CER"]
+    for mode, label in ROWS:
+        params, secs = (t_params, t_time) if mode == "teacher" else (s_params, s_time)
+        wer, cer = results[mode]["WER"], results[mode]["CER"]
         lines.append(f"| {label} | {wer:.1f} | {cer:.1f} | {params:,} | {secs * 1000:.0f} ms |")
     table = "\n".join(lines)
-    summary = args.output_folder / "summary.md"
+    summary = args.output_folder / "demo.md"
     summary.write_text(table + "\n")
     print("\n" + table + f"\n\n(total {time.time() - start:.0f} s; table saved to {summary})")
 

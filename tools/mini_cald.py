@@ -89,6 +89,7 @@ CLASSIFICATION_CPU = (
     "--lr=1e-3",
 )
 SPEECH_STUDENT = ("--headdim=32", "--d_state=16")  # BiMamba2 sized for a 128-wide encoder
+TEDLIUM_MIXER = {"headdim": 32, "d_state": 32}  # (tools/demo.py times this student)
 # 16 items a step for every mode (the YAMLs take 32, or 16 x 2 for the distilled students)
 TEXT_CPU = ("--lr=1e-3", "--batch_size=16", "--grad_accumulation_factor=1", "--device=cpu", "--noprogressbar")
 SPEECH_MODEL = SAMPLES / "models" / "small-wav2vec2"
@@ -101,9 +102,13 @@ FAMILIES = {
         student_hparams="bimamba2_{mode}.yaml",
         pretrained_source=SPEECH_MODEL,
         task_args=(f"--data_folder={SAMPLES / 'TEDLIUM_release-3'}",),
-        common=(*SPEECH_CPU, "--head_lr=0.01", "--number_of_epochs=12"),
-        teacher_args=("--lr=0.0001", "--snapshot_every_steps=20"),
-        student_args=("--headdim=32", "--d_state=32", "--lr=0.0005"),
+        common=(*SPEECH_CPU, "--head_lr=0.01"),
+        teacher_args=("--number_of_epochs=10", "--lr=0.0001", "--snapshot_every_steps=5"),  # an epoch
+        student_args=(
+            *(f"--{key}={value}" for key, value in TEDLIUM_MIXER.items()),
+            "--number_of_epochs=8",
+            "--lr=0.0005",
+        ),
         trajectory_args=("--teacher_lr=0.0001",),
         hybrid_fraction=40_000 / 90_000,
         metric="WER",
@@ -117,8 +122,8 @@ FAMILIES = {
         student_hparams="bimamba2_{mode}.yaml",
         pretrained_source=SPEECH_MODEL,
         task_args=(f"--data_folder={SAMPLES / 'SLURP'}", "--label_heads=[intent]", "--num_outputs=5"),
-        common=(*CLASSIFICATION_CPU, "--number_of_epochs=10"),
-        teacher_args=("--snapshot_every_steps=20",),
+        common=(*CLASSIFICATION_CPU, "--number_of_epochs=5"),
+        teacher_args=("--snapshot_every_steps=9",),  # an epoch
         student_args=SPEECH_STUDENT,
         trajectory_args=("--teacher_lr=1e-3",),
         hybrid_fraction=30_000 / 90_000,
@@ -134,7 +139,7 @@ FAMILIES = {
         pretrained_source=SPEECH_MODEL,
         task_args=(f"--data_folder={SAMPLES / 'VoxCeleb1'}", "--num_outputs=5", "--train_crop_seconds=1.5"),
         common=(*CLASSIFICATION_CPU, "--number_of_epochs=15"),
-        teacher_args=("--snapshot_every_steps=15",),
+        teacher_args=("--snapshot_every_steps=5",),  # an epoch
         student_args=SPEECH_STUDENT,
         trajectory_args=("--teacher_lr=1e-3",),
         hybrid_fraction=50_000 / 90_000,
@@ -149,7 +154,7 @@ FAMILIES = {
         student_hparams="linformer_{mode}.yaml",
         pretrained_source=TEXT_MODEL,
         task_args=("--task=sst2", f"--data_folder={SAMPLES / 'glue_data' / 'SST-2'}"),
-        common=(*TEXT_CPU, "--number_of_epochs=10"),
+        common=(*TEXT_CPU, "--number_of_epochs=6"),
         teacher_args=(),  # waypoints: the YAML's epoch snapshots
         student_args=(),
         trajectory_args=("--teacher_lr=1e-3",),
@@ -166,7 +171,7 @@ FAMILIES = {
         student_hparams="linformer_{mode}.yaml",
         pretrained_source=TEXT_MODEL,
         task_args=(f"--data_folder={SAMPLES / 'aclImdb'}",),
-        common=(*TEXT_CPU, "--number_of_epochs=10"),
+        common=(*TEXT_CPU, "--number_of_epochs=6"),
         teacher_args=(),  # waypoints: the YAML's epoch snapshots
         student_args=(),
         trajectory_args=("--teacher_lr=1e-3",),
@@ -231,9 +236,7 @@ def plan(family: Family, name: str, seeds: list[int], modes: list[str], out: Pat
                 f"hparams/{hparams}",
                 *family.task_args,
                 f"--pretrained_source={family.pretrained_source}",
-                *family.common,
-                *args,
-                *(family.quick if quick else ()),
+                *quickened([*family.common, *args], family.quick if quick else ()),
                 f"--seed={seed}",
                 f"--output_folder={folder}",
             ]
@@ -243,6 +246,12 @@ def plan(family: Family, name: str, seeds: list[int], modes: list[str], out: Pat
                 teacher = run
             runs.append(run)
     return runs
+
+
+def quickened(args: list[str], quick: tuple[str, ...]) -> list[str]:
+    """`args` with the --quick overrides in place of the same keys (a recipe refuses a repeated key)."""
+    keys = {arg.split("=", 1)[0] for arg in quick}
+    return [arg for arg in args if arg.split("=", 1)[0] not in keys] + list(quick)
 
 
 def execute(runs: list[Run], jobs: int, threads: int) -> None:
