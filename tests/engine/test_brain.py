@@ -172,7 +172,10 @@ def test_waypoint_switches_snapshots_at_the_right_steps(tmp_path, teacher_run):
         assert_same_params(record["teacher_params"], states[expected])
 
 
-def test_hybrid_stops_distilling_and_frees_teacher(tmp_path, teacher_run):
+@pytest.mark.parametrize("run_opts", [{}, {"optimizer_step_limit": 90_000}], ids=["epochs", "step-limit"])
+def test_hybrid_stops_distilling_and_frees_teacher(tmp_path, teacher_run, run_opts):
+    """The switch is the fraction of the planned steps: the epochs' 12, also under a step limit the epochs
+    end first (the speech recipes' 90,000 on a small corpus)."""
     save, _ = teacher_run
     teacher = ToyNet("attention")
     calls = count_calls(teacher)
@@ -182,6 +185,7 @@ def test_hybrid_stops_distilling_and_frees_teacher(tmp_path, teacher_run):
         teacher_net=teacher,
         teacher_path=str(save.parent / "final.ckpt"),
         distill_until_fraction=5 / 12,  # of 2 epochs x 6 steps -> switch at step 5
+        run_opts=run_opts,
     )
     fit(brain)
     assert brain.guidance.switch_step == 5 and len(calls) == 5
