@@ -106,7 +106,7 @@ FAMILIES = {
         teacher_args=("--number_of_epochs=10", "--lr=0.0001", "--snapshot_every_steps=5"),  # an epoch
         student_args=(
             *(f"--{key}={value}" for key, value in TEDLIUM_MIXER.items()),
-            "--number_of_epochs=8",
+            "--number_of_epochs=16",
             "--lr=0.0005",
         ),
         trajectory_args=("--teacher_lr=0.0001",),
@@ -265,6 +265,7 @@ def execute(runs: list[Run], jobs: int, threads: int) -> None:
     }
     for run in runs:
         if run.finished_before():
+            check_same_command(run)
             run.state = "done"
             print(f"[{run.name}] finished before, reusing {run.folder}")
     todo = [run for run in runs if run.state == "pending"]
@@ -300,6 +301,16 @@ def execute(runs: list[Run], jobs: int, threads: int) -> None:
     failed = [run for run in runs if run.state == "failed"]
     if failed:
         raise SystemExit("runs failed: " + "; ".join(f"{run.name} (log {run.log})" for run in failed))
+
+
+def check_same_command(run: Run) -> None:
+    """A finished run is reused only if it ran the command planned now (settings changed: say so)."""
+    record = run.folder / "mini_cald_run.json"
+    if record.is_file() and json.loads(record.read_text())["command"][1:] != run.command[1:]:
+        raise SystemExit(
+            f"{run.folder} finished with other settings than planned now (its command is in {record}): "
+            "delete the folder to run it again, or use another --out"
+        )
 
 
 def start(run: Run, env: dict[str, str]) -> None:

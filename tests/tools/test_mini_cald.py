@@ -109,6 +109,10 @@ def test_finished_runs_are_reused(stand_in, tmp_path):
     assert len(calls(stand_in)) == 6  # the teacher always runs: the students read it
     mini_cald.main(args)
     assert len(calls(stand_in)) == 6
+    family = mini_cald.FAMILIES["fake"]
+    changed = mini_cald.replace(family, student_args=("--headdim=16",))
+    with pytest.raises(SystemExit, match="finished with other settings than planned now"):
+        mini_cald.execute(mini_cald.plan(changed, "fake", [1], ["unguided"], tmp_path / "o", False), 1, 1)
 
 
 def test_a_failed_teacher_stops_its_own_students_only(stand_in, tmp_path):
