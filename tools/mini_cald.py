@@ -386,7 +386,8 @@ def table(family: Family, name: str, results: dict[str, list[dict]], command: st
     better = "lower" if family.lower_is_better else "higher"
     lines += [
         "",
-        f"({better} is better; LD: the layerwise distillation term, per-frame MSE after layer norm)",
+        f"({better} is better; final train LD: the layerwise distillation term of the last epoch with one "
+        "(hybrid: before its switch), per-frame MSE after layer norm)",
     ]
     return "\n".join(lines) + "\n"
 
