@@ -38,6 +38,7 @@ from cald_brain.distill.losses import (
 )
 from cald_brain.distill.snapshots import SNAPSHOT_DIRNAME, save_snapshot
 from cald_brain.distill.teachers import Teacher
+from cald_brain.models.front_end import SharedFrontEnd, share_front_end
 from cald_brain.models.outputs import ModelOutputs
 from cald_brain.optim import NO_DECAY_MODULES, param_groups
 from cald_brain.recipe import RecipeError, next_steps_text
@@ -177,6 +178,7 @@ class CALDBrain(sb.Brain):
         self._epoch_counter = None
         self._epoch = 0  # the epoch being trained (step lines)
         self._train_loader = None
+        self.front_end: SharedFrontEnd | None = None  # student and teacher share it (on_fit_start)
 
     def _check_run_options(self) -> None:
         """SpeechBrain run options (command line or YAML) converted to their declared types: the command line
@@ -409,6 +411,10 @@ class CALDBrain(sb.Brain):
         config = self.guidance.config
         config.teacher_lr_scheduler = with_total_steps(config.teacher_lr_scheduler, total)
         self.guidance.setup(self.device, total, self.scaler.is_enabled())
+        if self.guidance.teacher is not None:
+            self.front_end = share_front_end(self.student, self.guidance.teacher.net)
+            if self.front_end is not None:
+                logger.info("Frozen front end: computed once a batch for student and teacher while identical")
         if self.checkpointer is not None:
             for name, obj in self.guidance.recoverables().items():
                 self.checkpointer.add_recoverable(name, obj)
@@ -507,6 +513,8 @@ class CALDBrain(sb.Brain):
         self.term_averages.add({"loss": loss, **terms})
         if self.log_every_n_steps > 0:
             self.step_averages.add({"loss": loss, **terms})
+        if self.front_end is not None:
+            self.front_end.clear()
         if should_step:
             self._finish_window(plan)
         self.on_fit_batch_end(batch, student, loss, should_step)

@@ -12,6 +12,8 @@ recipes' loss weights (alpha_task 1, alpha_kd 1, alpha_ld 15, teacher in train m
   trajectory  student + jointly trained teacher (teacher forward with gradients, its backward and AdamW step)
   waypoint    student + teacher loaded from a snapshot (one snapshot here, so no reloads: as target)
   hybrid      as target, before its switch step (the steps timed here)
+  target-unshared  target with the frozen feature encoder run twice, once per network (what every guided
+              step did before student and teacher shared it; `cald_brain.models.front_end`)
 
 Each row runs in a fresh subprocess: `--warmup` untimed steps, then the median wall time of `--steps` steps
 (on CUDA between device synchronisations), and the peak memory of the timed steps (CPU: the process's VmHWM
@@ -40,7 +42,8 @@ from cald_brain.scripts import load_script
 ROOT = Path(__file__).resolve().parents[1]
 longform = load_script(Path(__file__).with_name("bench_longform.py"), "bench_longform")
 
-MODES = ("teacher", "unguided", "target", "trajectory", "waypoint", "hybrid")
+MODES = ("teacher", "unguided", "target", "trajectory", "waypoint", "hybrid", "target-unshared")
+DEFAULT_MODES = MODES[:-1]
 NUM_UNITS = 29  # the TED-LIUM recipe's characters + blank
 LR = 3e-4
 
@@ -63,6 +66,7 @@ def make_batch(batch: int, seconds: tuple[float, float], seed: int = 0):
 
 def hparams_for(mode: str, folder: str, snapshots: str) -> tuple[torch.nn.Module, dict]:
     """(the network trained, the CALDBrain hparams) of one row."""
+    mode = mode.removesuffix("-unshared")
     from cald_brain.models import SpeechEncoder, SpeechModel
 
     def model(mixer: str | None) -> torch.nn.Module:
@@ -111,6 +115,8 @@ def measure(args: argparse.Namespace, mode: str, folder: str) -> dict:
         run_opts = {"device": args.device, "precision": args.precision, "noprogressbar": True}
         brain = CTCBrain(units=None, modules={"student": net}, hparams=hparams, run_opts=run_opts)
         brain.on_fit_start()
+        if mode.endswith("-unshared"):
+            brain.front_end.unlink()
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
                 if device.type == "cuda":
@@ -153,7 +159,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, nargs=2, default=[8.0, 15.0], metavar=("MIN", "MAX"))
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES))
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("results/bench/training"))

@@ -223,6 +223,11 @@ class SpeechModel(nn.Module):
         """The logits of each head, (..., head size) each, in `head_sizes` order."""
         return logits.split(self.head_sizes, dim=-1)
 
+    def frozen_front_end(self) -> nn.Module:
+        """The convolutional feature encoder: what a student and its teacher can compute once for both
+        (`cald_brain.models.front_end`; shared only while frozen and identical)."""
+        return self.encoder.model.feature_extractor
+
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> ModelOutputs:
         """logits (B, T, V), or (B, C) when pooled (every head's, side by side); every hidden state; the
         (B, T) frame mask."""

@@ -8,7 +8,7 @@ from conftest import TINY_WAV2VEC2, load_repo_script
 bench = load_repo_script("tools/bench_training.py", "bench_training")
 
 
-@pytest.mark.parametrize("mode", ["teacher", "trajectory", "waypoint"])
+@pytest.mark.parametrize("mode", ["teacher", "trajectory", "waypoint", "target-unshared"])
 def test_a_row_takes_optimizer_steps(mode):
     args = argparse.Namespace(device="cpu", batch=2, seconds=[0.5, 0.7], warmup=1, steps=1, precision="fp32")
     row = bench.measure(args, mode, str(TINY_WAV2VEC2))
