@@ -20,8 +20,12 @@ Before each run the time and memory are estimated from the same model's previous
 linear, for the teacher quadratic); a run whose estimate exceeds the available memory or `--time-budget` is
 skipped and marked so in the table.
 
+With --flops, a second, untimed call on the same recording counts the matrix-product, convolution and
+attention GFLOP of each row (`count_gflop`), and the ratio columns add the FLOP ratio: the time ratio a fully
+efficient implementation would reach.
+
 Usage: python tools/bench_longform.py [--size base|large] [--minutes 1 5 10 30 60] [--threads N] [--plain]
-                                      [--model-minutes teacher=1,5 floor=1,5,10] [--resume]
+                                      [--model-minutes teacher=1,5 floor=1,5,10] [--resume] [--flops]
                                       [--models teacher student floor] [--out results/bench/longform]
 Writes longform.json, longform.md (the table) and longform.png (time and memory against length) to --out.
 """
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -90,8 +95,9 @@ def reset_peak_memory() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure(model: str, folder: str, minutes: float, piece_seconds: float) -> dict:
-    """One measurement (run in a child process): build, warm up, time one whole-recording call."""
+def measure(model: str, folder: str, minutes: float, piece_seconds: float, flops: bool = False) -> dict:
+    """One measurement (run in a child process): build, warm up, time one whole-recording call; with `flops`,
+    a second, untimed call on the same recording counts its GFLOP (`count_gflop`)."""
     from cald_brain.models.long_audio import SAMPLE_RATE
 
     plain = model.endswith("_plain")
@@ -112,9 +118,34 @@ def measure(model: str, folder: str, minutes: float, piece_seconds: float) -> di
     start = time.perf_counter()
     call(wav)
     seconds = time.perf_counter() - start
-    return dict(
-        seconds=seconds, rtf=seconds / (minutes * 60), peak_gib=memory_gib("VmHWM"), before_gib=before
-    )
+    row = dict(seconds=seconds, rtf=seconds / (minutes * 60), peak_gib=memory_gib("VmHWM"), before_gib=before)
+    if flops:
+        row["gflop"] = count_gflop(lambda: call(wav))
+    return row
+
+
+def count_gflop(fn: Callable[[], object]) -> float:
+    """GFLOP (multiply-add = 2) of the matrix products, convolutions and attention that `fn()` runs, forward
+    and backward, counted by torch's FlopCounterMode, whose table is completed with the two CPU ops it lacks:
+    the in-place batched GEMM of the pure-PyTorch scan (`baddbmm_`) and the fused CPU attention. Element-wise
+    work (norms, activations, dropout, the scan's decays) is not counted: the count is the work that a fully
+    efficient implementation cannot avoid, so time ratios are read against FLOP ratios."""
+    from torch.utils import flop_counter
+
+    def baddbmm_(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
+        batch, rows, inner = a_shape
+        return 2 * batch * rows * inner * b_shape[-1]
+
+    def cpu_attention(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    missing = {
+        torch.ops.aten.baddbmm_: baddbmm_,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention,
+    }
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=missing) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
 
 
 def available_gib() -> float:
@@ -164,7 +195,7 @@ def run(args: argparse.Namespace, folder: str) -> list[dict]:
     """Every model at every length; the rows so far are kept in --out/longform.partial.json as they come
     (--resume takes them up again)."""
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = dict(size=args.size, threads=args.threads, piece_seconds=args.piece_seconds)
+    settings = dict(size=args.size, threads=args.threads, piece_seconds=args.piece_seconds, flops=args.flops)
     before = measured_before(args, settings)
     models = [*args.models, *(f"{m}_plain" for m in args.models if args.plain)]
     results = []
@@ -182,7 +213,7 @@ def run(args: argparse.Namespace, folder: str) -> list[dict]:
                 row["skipped"] = f"~{guess['seconds'] / 60:.0f} min estimated > --time-budget"
             else:
                 command = [sys.executable, __file__, "--child", model, folder, str(minutes)]
-                command += ["--piece-seconds", str(args.piece_seconds)]
+                command += ["--piece-seconds", str(args.piece_seconds)] + ["--flops"] * args.flops
                 if args.threads:
                     command += ["--threads", str(args.threads)]
                 done = subprocess.run(command, capture_output=True, text=True)
@@ -211,6 +242,8 @@ def table(results: list[dict]) -> str:
     ]
     header = ["minutes", *(f"{m} s (RTF, GiB)" for m in models)]
     header += [f"{a}/{b} time (memory)" for a, b in ratios]
+    if any("gflop" in r for r in results):
+        header[1 + len(models) :] = [f"{a}/{b} time (memory), FLOPs" for a, b in ratios]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for minutes in dict.fromkeys(r["minutes"] for r in results):
         cells = [f"{minutes:g}"]
@@ -219,12 +252,13 @@ def table(results: list[dict]) -> str:
             cells.append(r.get("skipped") or f"{r['seconds']:.1f} ({r['rtf']:.3f}, {r['peak_gib']:.2f})")
         for a, b in ratios:
             ra, rb = rows[a, minutes], rows[b, minutes]
-            timed = "seconds" in ra and "seconds" in rb
-            cells.append(
-                f"{ra['seconds'] / rb['seconds']:.2f}x ({ra['peak_gib'] / rb['peak_gib']:.2f}x)"
-                if timed
-                else "-"
-            )
+            if "seconds" not in ra or "seconds" not in rb:
+                cells.append("-")
+                continue
+            cell = f"{ra['seconds'] / rb['seconds']:.2f}x ({ra['peak_gib'] / rb['peak_gib']:.2f}x)"
+            if "gflop" in ra and "gflop" in rb:
+                cell += f", FLOPs {ra['gflop'] / rb['gflop']:.2f}x"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -285,6 +319,9 @@ def main() -> None:
         "quadratically",
     )
     parser.add_argument("--resume", action="store_true", help="keep the rows of longform.partial.json")
+    parser.add_argument(
+        "--flops", action="store_true", help="also count each call's GFLOP (a second, untimed call)"
+    )
     parser.add_argument("--time-budget", type=float, default=3600.0, help="skip runs estimated longer (s)")
     parser.add_argument("--out", type=Path, default=Path("results/bench/longform"))
     parser.add_argument("--no-plot", action="store_true")
@@ -295,7 +332,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.child:
         model, folder, minutes = args.child
-        print(json.dumps(measure(model, folder, float(minutes), args.piece_seconds)))
+        print(json.dumps(measure(model, folder, float(minutes), args.piece_seconds, args.flops)))
         return
     with tempfile.TemporaryDirectory() as folder:
         write_standin(args.size, Path(folder))

@@ -18,10 +18,13 @@ recipes' loss weights (alpha_task 1, alpha_kd 1, alpha_ld 15, teacher in train m
 Each row runs in a fresh subprocess: `--warmup` untimed steps, then the median wall time of `--steps` steps
 (on CUDA between device synchronisations), and the peak memory of the timed steps (CPU: the process's VmHWM
 after a reset; CUDA: torch's peak allocation). The last column is the step time over the teacher's.
+With --flops, one more (untimed) step counts the GFLOP of its matrix products, convolutions and attention,
+forward and backward (`bench_longform.count_gflop`), and the table adds them and their ratio to the
+teacher's: the step-time ratio a fully efficient implementation would reach.
 
 Usage: python tools/bench_training.py [--device cpu|cuda] [--size base|large] [--batch 4] [--seconds 8 15]
                                       [--steps 5] [--warmup 2] [--modes teacher unguided target ...]
-                                      [--precision fp32|bf16|fp16] [--threads N] [--out DIR]
+                                      [--precision fp32|bf16|fp16] [--threads N] [--flops] [--out DIR]
 Writes training.json and training.md (the table) to --out (default results/bench/training).
 """
 
@@ -129,25 +132,33 @@ def measure(args: argparse.Namespace, mode: str, folder: str) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
+        gflop = longform.count_gflop(lambda: brain.fit_batch(batch)) if args.flops else None
     timed = times[args.warmup :]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:
         peak = longform.memory_gib("VmHWM")
-    return dict(
-        seconds=statistics.median(timed), seconds_all=timed, peak_gib=peak, steps=brain.optimizer_step
-    )
+    row = dict(seconds=statistics.median(timed), seconds_all=timed, peak_gib=peak, steps=brain.optimizer_step)
+    return row if gflop is None else {**row, "gflop": gflop}
 
 
 def table(results: list[dict]) -> str:
     teacher = next((r for r in results if r["mode"] == "teacher" and "seconds" in r), None)
-    lines = ["| mode | s / step (median) | peak GiB | / teacher fine-tuning |", "|---|---|---|---|"]
+    flops = any("gflop" in r for r in results)
+    header = ["mode", "s / step (median)", "peak GiB", "/ teacher fine-tuning"]
+    header += ["GFLOP / step", "FLOPs / teacher's"] if flops else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         if "seconds" not in r:
-            lines.append(f"| {r['mode']} | {r['failed']} | - | - |")
+            lines.append(f"| {r['mode']} | {r['failed']} |" + " - |" * (len(header) - 2))
             continue
-        ratio = f"{r['seconds'] / teacher['seconds']:.2f}x" if teacher else "-"
-        lines.append(f"| {r['mode']} | {r['seconds']:.2f} | {r['peak_gib']:.2f} | {ratio} |")
+        cells = [r["mode"], f"{r['seconds']:.2f}", f"{r['peak_gib']:.2f}"]
+        cells.append(f"{r['seconds'] / teacher['seconds']:.2f}x" if teacher else "-")
+        if flops:
+            cells.append(f"{r['gflop']:.0f}" if "gflop" in r else "-")
+            known = teacher is not None and "gflop" in teacher and "gflop" in r
+            cells.append(f"{r['gflop'] / teacher['gflop']:.2f}x" if known else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -162,6 +173,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES))
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--flops", action="store_true", help="count each row's GFLOP (one more, untimed step)"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/bench/training"))
     parser.add_argument("--child", nargs=2, metavar=("MODE", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,6 +212,7 @@ def main() -> None:
         steps=args.steps,
         warmup=args.warmup,
         threads=args.threads or torch.get_num_threads(),
+        flops=args.flops,
         torch=torch.__version__,
         cpu_count=os.cpu_count(),
         load_average_start=load,

@@ -31,6 +31,7 @@ def test_runs_that_would_not_fit_are_skipped_and_said_so(monkeypatch, tmp_path):
     class Args:
         minutes, models, plain, piece_seconds, threads = [1, 60], ["teacher"], False, 20, 1
         time_budget, model_minutes, resume, size, out = 100.0, {}, False, "base", tmp_path
+        flops = False
 
     class Done:
         returncode = 0
@@ -56,6 +57,33 @@ def test_table_gives_student_ratios_at_every_length():
     )
 
 
+def test_flop_ratios_join_the_time_ratios():
+    results = [row("student", 1, 12.0, 1.0), row("floor", 1, 8.0, 0.8)]
+    results[0]["gflop"], results[1]["gflop"] = 150.0, 100.0
+    text = bench.table(results)
+    assert "student/floor time (memory), FLOPs |" in text and "| 1.50x (1.25x), FLOPs 1.50x |" in text
+
+
+def test_flop_count_covers_products_the_cpu_scan_and_fused_attention():
+    """count_gflop: nn.Linear forward and backward, the scan's in-place baddbmm_, and SDPA's fused CPU
+    kernel (missing from torch's own table) are all counted at 2 FLOPs per multiply-add."""
+    torch = bench.torch
+
+    def flops(fn) -> int:
+        return round(bench.count_gflop(fn) * 1e9)
+
+    linear, x = torch.nn.Linear(4, 3), torch.randn(5, 4, requires_grad=True)
+    assert flops(lambda: linear(x)) == 2 * 5 * 4 * 3
+    assert flops(lambda: linear(x).sum().backward()) == 3 * (2 * 5 * 4 * 3)
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    assert flops(lambda: torch.zeros(2, 3, 5).baddbmm_(a, b)) == 2 * 2 * 3 * 4 * 5
+    q = torch.randn(1, 2, 16, 8)  # (batch, heads, length, head dim)
+    with torch.no_grad():
+        assert flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 2 * (
+            2 * 1 * 2 * 16 * 16 * 8
+        )  # scores and weighted sum
+
+
 def test_teacher_lengths_and_resume(monkeypatch, tmp_path):
     """--model-minutes teacher=1 leaves the other lengths to the other models; --resume measures only what
     the interrupted run's partial file lacks."""
@@ -63,6 +91,7 @@ def test_teacher_lengths_and_resume(monkeypatch, tmp_path):
     class Args:
         minutes, models, plain, piece_seconds, threads = [1, 5], ["teacher", "student"], False, 20, 2
         time_budget, model_minutes, resume, size, out = 10.0**9, {"teacher": [1]}, False, "base", tmp_path
+        flops = False
 
     measured = []
 
