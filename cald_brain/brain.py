@@ -710,6 +710,8 @@ class CALDBrain(sb.Brain):
         with self.evaluation_ctx:
             outputs = self.forward_model(self.modules.student, batch, stage)
             loss = self.task_loss(outputs, batch, stage)
+        if self.front_end is not None:  # no teacher reads it here: do not hold the activations
+            self.front_end.clear()
         self.update_metrics(outputs, batch, stage)
         return loss.detach().cpu()
 
