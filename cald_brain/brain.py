@@ -260,6 +260,17 @@ class CALDBrain(sb.Brain):
         stats = self.stage_stats(stage, stage_loss)
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
+            if self.front_end is not None and self.front_end.offers:
+                logger.info(
+                    f"Frozen front end shared in {self.front_end.hits} of {self.front_end.offers} teacher "
+                    "forwards this epoch"
+                    + (
+                        ""
+                        if self.front_end.hits
+                        else " (student and teacher encoders differ: each ran its own)"
+                    )
+                )
+                self.front_end.hits = self.front_end.offers = 0
             if self.snapshot_every_epoch:
                 self._save_snapshot("Epoch waypoint")
             return

@@ -27,12 +27,13 @@ def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
 class SharedFrontEnd:
     """The last output of any linked module, reused by the others when input, weights and autocast agree.
 
-    `hits` counts reused outputs (tests and logs read it); `clear()` drops the held tensors (the engine calls
-    it after every training batch, so no activation outlives its step)."""
+    `offers` counts calls that found another module's output held, `hits` those that reused it (the engine
+    logs both once an epoch: fewer hits than offers means the encoders differ and each runs its own);
+    `clear()` drops the held tensors (the engine calls it after every batch, so no activation outlives it)."""
 
     def __init__(self) -> None:
         self.modules: list[nn.Module] = []
-        self.hits = 0
+        self.hits = self.offers = 0
         self._last: tuple[nn.Module, torch.Tensor, tuple, torch.Tensor] | None = None
 
     def link(self, module: nn.Module) -> None:
@@ -54,11 +55,11 @@ class SharedFrontEnd:
 
     def _forward(self, module: nn.Module, original: Callable, inputs: torch.Tensor) -> torch.Tensor:
         autocast = _autocast_state(inputs.device.type)
-        if self._last is not None:
+        if self._last is not None and self._last[0] is not module:
             owner, last_inputs, last_autocast, output = self._last
+            self.offers += 1
             if (
-                owner is not module
-                and last_autocast == autocast
+                last_autocast == autocast
                 and not any(p.requires_grad for p in module.parameters())
                 and _same_tensor(inputs, last_inputs)
                 and _same_weights(module, owner)

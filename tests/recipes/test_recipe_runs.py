@@ -341,6 +341,12 @@ def test_recipe_run(row, first_epoch):
         assert (out / name).exists(), name
     for pattern, names in run.listings:
         assert sorted(p.name for p in out.glob(pattern)) == sorted(names), pattern
+    if run.recipe.startswith("recipes/") and re.search(
+        r"_(target|trajectory|waypoint|hybrid)\.yaml$", run.hparams
+    ):
+        # a guided speech student and its teacher compute their common frozen feature encoder once
+        shared = re.findall(r"Frozen front end shared in (\d+) of (\d+) ", (out / "log.txt").read_text())
+        assert shared and all(hits == offers != "0" for hits, offers in shared), shared
     if run.resume:
         launch(run, out, 2, first_epoch.outputs, first_epoch.env)
         assert train_epochs(out) == [1, 2]
