@@ -261,14 +261,10 @@ class CALDBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             if self.front_end is not None and self.front_end.offers:
+                hits, offers = self.front_end.hits, self.front_end.offers
+                differ = "" if hits else " (student and teacher encoders differ: each ran its own)"
                 logger.info(
-                    f"Frozen front end shared in {self.front_end.hits} of {self.front_end.offers} teacher "
-                    "forwards this epoch"
-                    + (
-                        ""
-                        if self.front_end.hits
-                        else " (student and teacher encoders differ: each ran its own)"
-                    )
+                    f"Frozen front end shared in {hits} of {offers} teacher forwards this epoch{differ}"
                 )
                 self.front_end.hits = self.front_end.offers = 0
             if self.snapshot_every_epoch:
