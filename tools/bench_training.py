@@ -4,7 +4,12 @@ At a chosen width (`--size base` by default, random weights, no download; see be
 runs the engine's real training step, `CALDBrain.fit_batch` with the TED-LIUM recipe's CTC hooks (student
 forward, teacher forward, objective, backward, clipping, AdamW step), on one random batch of `--batch`
 utterances of lengths spread over `--seconds MIN MAX` (29 output units, random transcripts), with the
-recipes' loss weights (alpha_task 1, alpha_kd 1, alpha_ld 15, teacher in train mode):
+recipes' loss weights (alpha_task 1, alpha_kd 1, alpha_ld 15) and what a recipe run trains with: every
+network in train mode as `Brain.fit` sets it (dropout, SpecAugment time masking; the teacher's attention then
+takes PyTorch's dropout path, not the fused one), the recipe's `encoder_overrides` (dropouts 0.2,
+mask_time_prob 0.1, read from recipes/TEDLIUM/hparams/bimamba2_target.yaml), LayerDrop off so that every step
+runs every layer (the recipes keep the checkpoint's 0.1: a tenth of the layers skipped on average, teacher and
+student alike):
 
   teacher     fine-tuning the transformer itself on CTC (guidance_mode unguided, as wav2vec2_ctc.yaml)
   unguided    the BiMamba2 student on CTC alone
@@ -45,6 +50,7 @@ from cald_brain.scripts import load_script
 ROOT = Path(__file__).resolve().parents[1]
 longform = load_script(Path(__file__).with_name("bench_longform.py"), "bench_longform")
 
+RECIPE_HPARAMS = ROOT / "recipes" / "TEDLIUM" / "hparams" / "bimamba2_target.yaml"
 MODES = ("teacher", "unguided", "target", "trajectory", "waypoint", "hybrid", "target-unshared")
 DEFAULT_MODES = MODES[:-1]
 NUM_UNITS = 29  # the TED-LIUM recipe's characters + blank
@@ -67,13 +73,25 @@ def make_batch(batch: int, seconds: tuple[float, float], seed: int = 0):
     return PaddedBatch(items)
 
 
+def recipe_encoder_overrides() -> dict:
+    """The TED-LIUM recipe's `encoder_overrides` (dropouts, SpecAugment masking) with LayerDrop off."""
+    from cald_brain.recipe import resolved_top_level
+
+    top = resolved_top_level(str(RECIPE_HPARAMS), {"data_folder": "unused"})
+    return {**top["encoder_overrides"], "layerdrop": 0.0}
+
+
 def hparams_for(mode: str, folder: str, snapshots: str) -> tuple[torch.nn.Module, dict]:
     """(the network trained, the CALDBrain hparams) of one row."""
     mode = mode.removesuffix("-unshared")
     from cald_brain.models import SpeechEncoder, SpeechModel
 
+    overrides = recipe_encoder_overrides()
+
     def model(mixer: str | None) -> torch.nn.Module:
-        encoder = SpeechEncoder(folder, mixer, longform.STUDENT if mixer else None)
+        encoder = SpeechEncoder(
+            folder, mixer, longform.STUDENT if mixer else None, config_overrides=overrides
+        )
         return SpeechModel(encoder, NUM_UNITS)
 
     hparams = {
@@ -108,6 +126,8 @@ def hparams_for(mode: str, folder: str, snapshots: str) -> tuple[torch.nn.Module
 
 def measure(args: argparse.Namespace, mode: str, folder: str) -> dict:
     """One row (run in a child process): build the brain, warm up, time `args.steps` optimizer steps."""
+    import speechbrain as sb
+
     from cald_brain.tasks.ctc import CTCBrain
 
     device = torch.device(args.device)
@@ -120,6 +140,8 @@ def measure(args: argparse.Namespace, mode: str, folder: str) -> dict:
         brain.on_fit_start()
         if mode.endswith("-unshared"):
             brain.front_end.unlink()
+        brain.on_stage_start(sb.Stage.TRAIN, 1)  # as Brain.fit starts each epoch
+        brain.modules.train()
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
                 if device.type == "cuda":

@@ -41,3 +41,35 @@ def test_table_ratios_are_over_the_teacher_step():
     ]
     text = bench.table(rows)
     assert "| target | 2.50 | 1.50 | 1.25x |" in text and "| hybrid | failed (exit 1) | - | - |" in text
+
+
+def test_rows_train_as_a_recipe_run_does(monkeypatch):
+    """Every network steps in train mode, as `Brain.fit` sets it, with the recipe's dropouts and masking:
+    a row timed in eval mode would skip dropout and SpecAugment and give the teacher its fused attention."""
+    from cald_brain.tasks.ctc import CTCBrain
+
+    seen = []
+    fit_batch = CTCBrain.fit_batch
+
+    def recording(brain, batch):
+        seen.append([m.training for m in brain.modules.modules()])
+        return fit_batch(brain, batch)
+
+    monkeypatch.setattr(CTCBrain, "fit_batch", recording)
+    args = argparse.Namespace(
+        device="cpu", batch=2, seconds=[0.5, 0.7], warmup=0, steps=1, precision="fp32", flops=False
+    )
+    bench.measure(args, "target", str(TINY_WAV2VEC2))
+    assert seen and all(all(modes) for modes in seen)
+    overrides = bench.recipe_encoder_overrides()
+    assert overrides == {
+        "hidden_dropout": 0.2,
+        "activation_dropout": 0.2,
+        "feat_proj_dropout": 0.2,
+        "mask_time_prob": 0.1,
+        "layerdrop": 0.0,
+    }
+    student, hparams = bench.hparams_for("target", str(TINY_WAV2VEC2), "unused")
+    for net in (student, hparams["teacher_net"]):
+        config = net.encoder.model.config
+        assert (config.hidden_dropout, config.mask_time_prob, config.layerdrop) == (0.2, 0.1, 0.0)
