@@ -69,6 +69,13 @@ def write_standin(size: str, folder: Path) -> None:
     Wav2Vec2FeatureExtractor(do_normalize=stable, return_attention_mask=stable).save_pretrained(folder)
 
 
+def write_standin_apart(size: str, folder: Path) -> None:
+    """`write_standin` in a child process, so that the benchmark's own process never starts torch's
+    OpenMP threads: with OMP_WAIT_POLICY=ACTIVE they would spin for good and take a core from every
+    measurement."""
+    subprocess.run([sys.executable, __file__, "--standin", size, str(folder)], check=True)
+
+
 def build(model: str, folder: str) -> nn.Module:
     """teacher, student or floor as a SpeechModel with a CTC head, in eval mode."""
     from cald_brain.convert.wav2vec2 import AudioMixerAttention
@@ -326,6 +333,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench/longform"))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "FOLDER", "MINUTES"), help=argparse.SUPPRESS)
+    parser.add_argument("--standin", nargs=2, metavar=("SIZE", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.model_minutes = dict(args.model_minutes)
     if args.threads:
@@ -334,8 +342,11 @@ def main() -> None:
         model, folder, minutes = args.child
         print(json.dumps(measure(model, folder, float(minutes), args.piece_seconds, args.flops)))
         return
+    if args.standin:
+        write_standin(args.standin[0], Path(args.standin[1]))
+        return
     with tempfile.TemporaryDirectory() as folder:
-        write_standin(args.size, Path(folder))
+        write_standin_apart(args.size, Path(folder))
         load = os.getloadavg()
         results = run(args, folder)
     config = dict(

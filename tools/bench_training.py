@@ -211,7 +211,7 @@ def main() -> None:
     passed = [a for a in sys.argv[1:] if a != "--child"]
     results = []
     with tempfile.TemporaryDirectory() as folder:
-        longform.write_standin(args.size, Path(folder))
+        longform.write_standin_apart(args.size, Path(folder))
         load = os.getloadavg()
         for mode in args.modes:
             done = subprocess.run(
