@@ -133,8 +133,9 @@ def measure(model: str, folder: str, minutes: float, piece_seconds: float, flops
 
 def count_gflop(fn: Callable[[], object]) -> float:
     """GFLOP (multiply-add = 2) of the matrix products, convolutions and attention that `fn()` runs, forward
-    and backward, counted by torch's FlopCounterMode, whose table is completed with the two CPU ops it lacks:
-    the in-place batched GEMM of the pure-PyTorch scan (`baddbmm_`) and the fused CPU attention. Element-wise
+    and backward, counted by torch's FlopCounterMode, whose table is completed with the CPU ops it lacks: the
+    in-place batched GEMM of the pure-PyTorch scan (`baddbmm_`) and the fused CPU attention, forward and
+    backward. Element-wise
     work (norms, activations, dropout, the scan's decays) is not counted: the count is the work that a fully
     efficient implementation cannot avoid, so time ratios are read against FLOP ratios."""
     from torch.utils import flop_counter
@@ -146,9 +147,15 @@ def count_gflop(fn: Callable[[], object]) -> float:
     def cpu_attention(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
         return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
+    def cpu_attention_backward(grad_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        # the four products of the written-out backward; the kernel's recomputed scores (which torch's own
+        # formula adds) are avoidable work
+        return 2 * flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
     missing = {
         torch.ops.aten.baddbmm_: baddbmm_,
         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_attention_backward,
     }
     with flop_counter.FlopCounterMode(display=False, custom_mapping=missing) as counter:
         fn()

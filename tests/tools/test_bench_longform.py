@@ -66,7 +66,8 @@ def test_flop_ratios_join_the_time_ratios():
 
 def test_flop_count_covers_products_the_cpu_scan_and_fused_attention():
     """count_gflop: nn.Linear forward and backward, the scan's in-place baddbmm_, and SDPA's fused CPU
-    kernel (missing from torch's own table) are all counted at 2 FLOPs per multiply-add."""
+    kernel, forward and backward (missing from torch's own table), are all counted at 2 FLOPs per
+    multiply-add."""
     torch = bench.torch
 
     def flops(fn) -> int:
@@ -78,10 +79,19 @@ def test_flop_count_covers_products_the_cpu_scan_and_fused_attention():
     a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
     assert flops(lambda: torch.zeros(2, 3, 5).baddbmm_(a, b)) == 2 * 2 * 3 * 4 * 5
     q = torch.randn(1, 2, 16, 8)  # (batch, heads, length, head dim)
+    attention = 2 * (2 * 1 * 2 * 16 * 16 * 8)  # scores and weighted sum
     with torch.no_grad():
-        assert flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 2 * (
-            2 * 1 * 2 * 16 * 16 * 8
-        )  # scores and weighted sum
+        assert flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == attention
+    # with gradients: the fused kernel's backward counts as the products of the attention written out
+    q.requires_grad_(True)
+
+    def fused() -> None:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+
+    def written_out() -> None:
+        (torch.softmax(q @ q.transpose(-1, -2) / 8**0.5, dim=-1) @ q).sum().backward()
+
+    assert flops(fused) == flops(written_out) == 3 * attention
 
 
 def test_teacher_lengths_and_resume(monkeypatch, tmp_path):
