@@ -66,7 +66,8 @@ def test_array_jobs(submit, tmp_path):
             "hparams/bimamba2_waypoint.yaml",
         ]
     assert after.endswith("tools/slurm/cald.sbatch recipes/SLURP/train.py --data_folder=/data/slurp")
-    os.remove(listing)
+    for job in (free, after):  # the tool writes its task lists into the repository's slurm_tasks/
+        os.remove(job.split("CALD_TASKS_FILE=")[1].split()[0])
 
 
 def test_modes_and_errors(submit, tmp_path):
