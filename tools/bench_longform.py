@@ -135,9 +135,9 @@ def count_gflop(fn: Callable[[], object]) -> float:
     """GFLOP (multiply-add = 2) of the matrix products, convolutions and attention that `fn()` runs, forward
     and backward, counted by torch's FlopCounterMode, whose table is completed with the CPU ops it lacks: the
     in-place batched GEMM of the pure-PyTorch scan (`baddbmm_`) and the fused CPU attention, forward and
-    backward. Element-wise
-    work (norms, activations, dropout, the scan's decays) is not counted: the count is the work that a fully
-    efficient implementation cannot avoid, so time ratios are read against FLOP ratios."""
+    backward. Element-wise work (norms, activations, dropout, the scan's decays) is not counted: the count is
+    the work that a fully efficient implementation cannot avoid, so time ratios are read against FLOP
+    ratios."""
     from torch.utils import flop_counter
 
     def baddbmm_(self_shape, a_shape, b_shape, *args, **kwargs) -> int:

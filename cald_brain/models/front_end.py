@@ -51,6 +51,7 @@ class SharedFrontEnd:
         self.modules, self._last = [], None
 
     def clear(self) -> None:
+        """Drop the held output (and the input it was computed from)."""
         self._last = None
 
     def _forward(self, module: nn.Module, original: Callable, inputs: torch.Tensor) -> torch.Tensor:
